@@ -1,0 +1,5 @@
+import sys
+
+from ace_lora.cli import main
+
+sys.exit(main())

@@ -1,0 +1,217 @@
+"""Pipeline stages: ``python -m ace_lora <stage> ...``.
+
+Each stage parses its arguments, loads ``params.yaml``, calls one library function and writes its outputs at the
+paths the DAG (``Snakefile`` and ``dvc.yaml``) declares; :func:`stage_paths` is the one place those paths are named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ace_lora.config import Params, ParamsError, load_params, parameter_table, schema
+from ace_lora.io import atomic_dir, atomic_write_json, atomic_write_text
+
+log = logging.getLogger("ace_lora")
+
+DATASETS = ("mimic", "nih14", "chexpert", "rsna", "siim", "mhist", "lc25000")
+
+
+def stage_paths(params: Params, method: str | None = None, dataset: str | None = None) -> dict[str, Path]:
+    """Output paths of every stage, from ``params.paths``."""
+    raw, processed, results = (Path(p) for p in (params.paths.raw, params.paths.processed, params.paths.results))
+    out = {"prompts": results / "prompts.json", "report_md": results / "benchmarks.md",
+           "report_csv": results / "benchmarks.csv"}
+    if dataset:
+        out["fetched"] = raw / f"{dataset}.fetched.json"
+        out["processed"] = processed / dataset
+    if method:
+        out["train"] = results / "train" / method
+        out["adapter"] = results / "train" / method / "adapter"
+        out["checkpoints"] = results / "checkpoints" / method
+        out["train_metrics"] = results / "metrics" / "train" / f"{method}.json"
+        out["train_log"] = results / "plots" / "train" / f"{method}.csv"
+    if method and dataset:
+        out["evaluate"] = results / "evaluate" / method / dataset
+        out["metrics"] = results / "metrics" / "evaluate" / method / f"{dataset}.json"
+    return out
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def cmd_fetch(args: argparse.Namespace, params: Params) -> None:
+    from ace_lora.data import fetch_dataset
+
+    record = fetch_dataset(args.dataset, Path(params.paths.raw), params.data)
+    atomic_write_json(stage_paths(params, dataset=args.dataset)["fetched"], record)
+
+
+def cmd_prepare(args: argparse.Namespace, params: Params) -> None:
+    from ace_lora.data import prepare_dataset
+
+    report = prepare_dataset(args.dataset, Path(params.paths.raw), stage_paths(params, dataset=args.dataset)["processed"],
+                             params.data)
+    log.info("prepared %s: %s", args.dataset, json.dumps(report.get("counts", {}), default=str)[:500])
+
+
+def cmd_prompts(args: argparse.Namespace, params: Params) -> None:
+    from ace_lora.data.benchmarks import benchmarks_of
+    from ace_lora.prompts import build_prompts, write_prompts
+
+    benchmarks = [b for d in [*params.evaluate.datasets, params.train.validation] for b in benchmarks_of(d)]
+    write_prompts(build_prompts(params.prompts, benchmarks), stage_paths(params)["prompts"])
+
+
+def _training_processes(params: Params) -> int:
+    import torch
+
+    if params.train.processes is not None:
+        return params.train.processes
+    return max(torch.cuda.device_count(), 1)
+
+
+def cmd_train(args: argparse.Namespace, params: Params) -> None:
+    """Train one method; with N > 1 processes the stage relaunches itself under torchrun (one code path)."""
+    import os
+    import subprocess
+
+    from ace_lora.train import train
+
+    processes = _training_processes(params)
+    if processes > 1 and "LOCAL_RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "ace_lora", "--params", args.params, "train", args.method] + (["--resume"] if args.resume else [])
+        log.info("launching %d training processes: %s", processes, " ".join(cmd))
+        subprocess.run(cmd, check=True)
+        return
+    paths = stage_paths(params, method=args.method)
+    train(params, args.method, paths["train"], resume=args.resume, checkpoint_dir=paths["checkpoints"],
+          metrics_path=paths["train_metrics"], log_path=paths["train_log"])
+
+
+def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
+    from ace_lora.data.benchmarks import benchmarks_of, load_benchmark
+    from ace_lora.eval.zeroshot import evaluate_benchmark
+    from ace_lora.models import load_adapter
+    from ace_lora.prompts import read_prompts
+
+    paths = stage_paths(params, method=args.method, dataset=args.dataset)
+    device = _device(args.device)
+    model = load_adapter(paths["adapter"], device=device)
+    metrics: dict = {}
+    with atomic_dir(paths["evaluate"]) as out:
+        for name in benchmarks_of(args.dataset):
+            spec, manifest = load_benchmark(name, Path(params.paths.processed))
+            prompts = read_prompts(paths["prompts"], spec.name, spec.classes)
+            values, artifacts = evaluate_benchmark(model, spec, manifest, paths["processed"], prompts,
+                                                   params.evaluate, device)
+            metrics.update(values)
+            for kind, frame in artifacts.items():
+                frame.to_csv(out / f"{name}_{kind}.csv", index=False)
+    atomic_write_json(paths["metrics"], metrics)
+
+
+def cmd_report(args: argparse.Namespace, params: Params) -> None:
+    from ace_lora.eval.report import collect_metrics, write_report
+
+    paths = stage_paths(params)
+    write_report(collect_metrics(Path(params.paths.results) / "metrics" / "evaluate"), paths["report_md"],
+                 paths["report_csv"])
+    print(paths["report_md"].read_text())
+
+
+def cmd_describe_model(args: argparse.Namespace, params: Params | None) -> None:
+    from ace_lora.models import describe_model
+
+    print(describe_model(args.preset))
+
+
+def cmd_import_checkpoint(args: argparse.Namespace, params: Params | None) -> None:
+    from ace_lora.models import import_official_checkpoint
+
+    out = import_official_checkpoint(Path(args.checkpoint), Path(args.out), preset=args.preset)
+    print(f"imported {args.checkpoint} -> {out}")
+
+
+def cmd_schema(args: argparse.Namespace, params: Params | None) -> None:
+    text = json.dumps(schema(), indent=2) + "\n"
+    if args.markdown:
+        sys.stdout.write(parameter_table() + "\n")
+    elif args.check:
+        current = Path(args.check).read_text() if Path(args.check).is_file() else ""
+        if current != text:
+            raise ParamsError(f"{args.check} is out of date: run `python -m ace_lora schema --write {args.check}`")
+    elif args.write:
+        atomic_write_text(args.write, text)
+    else:
+        sys.stdout.write(text)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ace_lora", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="stage")
+
+    def add(name: str, func, help: str, needs_params: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func, needs_params=needs_params)
+        return p
+
+    add("fetch", cmd_fetch, "Fetch (demo: generate) one raw data set, or verify it in place.").add_argument(
+        "dataset", choices=DATASETS)
+    add("prepare", cmd_prepare, "Prepare one data set: manifest, image cache, masks, boxes.").add_argument(
+        "dataset", choices=DATASETS)
+    add("prompts", cmd_prompts, "Write the zero-shot prompts file.")
+    p = add("train", cmd_train, "Train (or export, for train: false) one method's adapter.")
+    p.add_argument("method")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the method's last checkpoint when it was written with the same settings")
+    p = add("evaluate", cmd_evaluate, "Evaluate one method on every benchmark of one data set.")
+    p.add_argument("method")
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    add("report", cmd_report, "Build results/benchmarks.md and .csv from the metrics files.")
+    p = add("describe-model", cmd_describe_model, "Print the trainable-parameter breakdown of a preset.", False)
+    p.add_argument("--preset", default="biomedclip", choices=("tiny", "biomedclip"))
+    p = add("import-checkpoint", cmd_import_checkpoint,
+            "Convert the official ACE_LoRA.pt into an adapter folder of this project.", False)
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="biomedclip", choices=("tiny", "biomedclip"))
+    p = add("schema", cmd_schema, "Print (or --write/--check) the params.yaml JSON schema.", False)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--write", metavar="PATH")
+    group.add_argument("--check", metavar="PATH")
+    group.add_argument("--markdown", action="store_true", help="print the parameter table (README)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        params = load_params(args.params) if args.needs_params else None
+        args.func(args, params)
+    except (ParamsError, FileNotFoundError, ValueError, KeyError) as err:
+        if args.debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error ({args.stage}): {message}", file=sys.stderr)
+        return 2
+    return 0

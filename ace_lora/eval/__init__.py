@@ -1,0 +1,1 @@
+"""Evaluation: metrics, zero-shot classification, zero-shot grounding and the results report."""

@@ -1,0 +1,40 @@
+rule evaluate:
+    input:
+        trained=f"{RESULTS}/train/{{method}}",
+        data=f"{PROCESSED}/{{dataset}}",
+        prompts=PROMPTS,
+        code=stage_code("evaluate"),
+    output:
+        artifacts=directory(f"{RESULTS}/evaluate/{{method}}/{{dataset}}"),
+        metrics=f"{RESULTS}/metrics/evaluate/{{method}}/{{dataset}}.json",
+    params:
+        **stage_params("evaluate"),
+    wildcard_constraints:
+        method="|".join(METHODS),
+        dataset="|".join(DATASETS),
+    threads: 64  # Snakemake caps it at --cores; training and evaluation use every core they get
+    resources:
+        mem_mb=8000,
+    benchmark:
+        timing("evaluate", "/{method}/{dataset}")
+    log:
+        f"{RESULTS}/logs/evaluate/{{method}}/{{dataset}}.log",
+    shell:
+        "{ACE} evaluate {wildcards.method} {wildcards.dataset} 2> {log}"
+
+
+rule report:
+    input:
+        metrics=expand(f"{RESULTS}/metrics/evaluate/{{method}}/{{dataset}}.json", method=METHODS, dataset=EVAL_DATASETS),
+        code=stage_code("report"),
+    output:
+        md=REPORT_MD,
+        csv=report(REPORT_CSV, caption="../report/benchmarks.rst", category="Benchmarks"),
+    params:
+        **stage_params("report"),
+    benchmark:
+        timing("report")
+    log:
+        f"{RESULTS}/logs/report.log",
+    shell:
+        "{ACE} report > {log} 2>&1"
