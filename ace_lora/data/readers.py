@@ -106,14 +106,13 @@ def read_dicom(path: str | Path, window: str = "auto") -> np.ndarray:
     ``minmax`` always uses min..max.
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     path = Path(path)
     if not path.is_file():
         raise BadInputError(path, "file not found")
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as err:
+    except Exception as err:  # InvalidDicomError, EOFError, struct errors of truncated headers ...
         raise BadInputError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
     if "PixelData" not in ds:
         raise BadInputError(path, "DICOM has no pixel data")
@@ -144,11 +143,10 @@ def read_dicom(path: str | Path, window: str = "auto") -> np.ndarray:
 def read_dicom_header(path: str | Path):
     """The DICOM header without pixel data (fast); :class:`BadInputError` if unreadable."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as err:
+    except Exception as err:  # InvalidDicomError, EOFError, struct errors of truncated headers ...
         raise BadInputError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from err
 
 
@@ -242,13 +240,19 @@ def read_siim_rle(path: str | Path) -> pd.DataFrame:
 
 
 def siim_image_table(rle: pd.DataFrame) -> pd.DataFrame:
-    """One row per SIIM image: ImageId, label (Normal/Pneumothorax), rles (list), rows (list)."""
+    """One row per SIIM image: ImageId, positive, label (Normal/Pneumothorax), rles (the non-empty components),
+    rle_rows (their 1-based file rows), rows (every file row of the image)."""
     positive = ~rle["EncodedPixels"].isin(["", "-1"])
     grouped = rle.assign(positive=positive).groupby("ImageId", sort=True)
+    components = rle[positive].groupby("ImageId", sort=True)
+    ids = list(grouped.groups)
+    rles = components["EncodedPixels"].apply(list).reindex(ids)
+    rle_rows = components["row"].apply(list).reindex(ids)
     out = pd.DataFrame({
-        "ImageId": list(grouped.groups),
+        "ImageId": ids,
         "positive": grouped["positive"].any().to_numpy(),
-        "rles": grouped["EncodedPixels"].apply(lambda s: [v for v in s if v not in ("", "-1")]).to_numpy(),
+        "rles": [v if isinstance(v, list) else [] for v in rles],
+        "rle_rows": [v if isinstance(v, list) else [] for v in rle_rows],
         "rows": grouped["row"].apply(list).to_numpy(),
     })
     out["label"] = np.where(out["positive"], "Pneumothorax", "Normal")
@@ -397,5 +401,5 @@ def report_sections(text: str) -> dict[str, str]:
 def report_text(text: str) -> str:
     """Findings + impression of a report (SPEC §5); the whole report (whitespace-normalised) if it has neither."""
     sections = report_sections(text)
-    parts = [sections[k] for k in ("FINDINGS", "IMPRESSION") if sections.get(k)]
+    parts = [sections[k] for k in ("FINDINGS", "FINDINGS AND IMPRESSION", "IMPRESSION") if sections.get(k)]
     return " ".join(parts) if parts else " ".join(text.split())

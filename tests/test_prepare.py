@@ -1,0 +1,441 @@
+"""``prepare``: every data set from a tiny raw folder in its distributed layout -> the processed format."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from test_readers import encode_rle, write_dicom
+
+from ace_lora.config import DataConfig
+from ace_lora.data import CHEXPERT_FINDINGS, NIH_FINDINGS, prepare_dataset
+from ace_lora.data.prepare import PrepareError, split_by_group
+from ace_lora.data.readers import BadInputError
+
+SIZE = 16  # prepared shortest side in these tests
+
+
+def cfg(**kw) -> DataConfig:
+    return dataclasses.replace(DataConfig(), image_size=SIZE, **kw)
+
+
+def _png(path: Path, shape=(24, 32), seed=0, rgb=False, fmt=None) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (*shape, 3) if rgb else shape, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+    return path
+
+
+# ------------------------------------------------------------------------------- raw layouts (SPEC §6)
+
+
+def raw_mimic(root: Path) -> Path:
+    d = root / "mimic"
+    meta, split, labels = [], [], []
+    studies = [(10000001, 50000001, "train"), (10000001, 50000002, "train"), (10000002, 50000003, "validate"),
+               (10000003, 50000004, "test"), (10000004, 50000005, "train")]
+    for k, (subject, study, part) in enumerate(studies):
+        folder = d / "files" / f"p{str(subject)[:2]}" / f"p{subject}"
+        for view, suffix in (("PA", "a"), ("LATERAL", "b")):
+            dicom_id = f"d{k}{suffix}"
+            _png(folder / f"s{study}" / f"{dicom_id}.jpg", (30, 26), seed=k, fmt="JPEG")
+            meta.append({"dicom_id": dicom_id, "subject_id": subject, "study_id": study, "ViewPosition": view})
+            split.append({"dicom_id": dicom_id, "study_id": study, "subject_id": subject, "split": part})
+        (folder / f"s{study}.txt").write_text(
+            f"FINAL REPORT\n INDICATION: test {k}.\n FINDINGS: finding text {k}.\n IMPRESSION: impression {k}.\n")
+        row = {"subject_id": subject, "study_id": study, **{c: np.nan for c in CHEXPERT_FINDINGS}}
+        row["Edema"] = [1, -1, 0, np.nan, 1][k]
+        row["Cardiomegaly"] = 1 if k == 2 else np.nan
+        labels.append(row)
+    pd.DataFrame(meta).to_csv(d / "mimic-cxr-2.0.0-metadata.csv.gz", index=False)
+    pd.DataFrame(split).to_csv(d / "mimic-cxr-2.0.0-split.csv.gz", index=False)
+    pd.DataFrame(labels[::-1]).to_csv(d / "mimic-cxr-2.0.0-chexpert.csv.gz", index=False)  # other order: by key
+    return d
+
+
+def raw_nih14(root: Path) -> Path:
+    d = root / "nih14"
+    names = [f"{p:08d}_{i:03d}.png" for p in range(1, 8) for i in range(2)]  # 7 patients x 2 images
+    findings = ["No Finding", "Cardiomegaly|Effusion", "Mass", "Hernia", "No Finding", "Pleural_Thickening"]
+    table = [{"Image Index": n, "Finding Labels": findings[i % len(findings)], "Follow-up #": 0,
+              "Patient ID": int(n[:8]), "Patient Age": 50, "Patient Gender": "M", "View Position": "PA"}
+             for i, n in enumerate(names)]
+    pd.DataFrame(table).to_csv(d / "Data_Entry_2017_v2020.csv", index=False) if d.mkdir(parents=True) is None else None
+    (d / "train_val_list.txt").write_text("\n".join(names[:4]) + "\n")
+    (d / "test_list.txt").write_text("\n".join(names[4:]) + "\n")
+    for i, n in enumerate(names):
+        _png(d / f"images_00{1 + i // 8}" / "images" / n, (20, 20), seed=i)
+    return d
+
+
+CHEXPERT_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Enlarged Cardiomediastinum",
+                    "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia",
+                    "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
+
+
+def raw_chexpert(root: Path) -> Path:
+    d = root / "chexpert" / "CheXpert-v1.0-small"
+    rows = []
+    classes = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+    for p in range(15):
+        for view in ("frontal", "lateral"):
+            rel = f"CheXpert-v1.0-small/train/patient{p:05d}/study1/view1_{view}.jpg"
+            row = dict.fromkeys(CHEXPERT_COLUMNS)
+            row.update({"Path": rel, "Sex": "F", "Age": 60, "Frontal/Lateral": view.capitalize(), "AP/PA": "AP"})
+            row[classes[p % 5]] = 1.0
+            row["No Finding"] = 0.0
+            if p == 14:
+                row["Pneumonia"] = -1.0  # uncertain other finding: excluded
+            rows.append(row)
+            _png(d.parent / rel, (30, 24), seed=p, fmt="JPEG")
+    pd.DataFrame(rows, columns=CHEXPERT_COLUMNS).to_csv(d / "train.csv", index=False)
+    return d.parent
+
+
+def raw_rsna(root: Path, n: int = 20) -> Path:
+    d = root / "rsna"
+    rows = []
+    for i in range(n):
+        pid = f"pat-{i:03d}"
+        px = (np.random.default_rng(i).random((40, 40)) * 4000).astype(np.uint16)
+        write_dicom(d / "stage_2_train_images" / f"{pid}.dcm", px, "MONOCHROME2", PatientID=pid)
+        if i % 3 == 0:
+            rows += [[pid, 4.0, 5.0, 10.0, 12.0, 1], [pid, 20.0, 21.0, 8.0, 9.0, 1]]
+        else:
+            rows.append([pid, None, None, None, None, 0])
+    d.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["patientId", "x", "y", "width", "height", "Target"]).to_csv(
+        d / "stage_2_train_labels.csv", index=False)
+    return d
+
+
+def raw_siim(root: Path, n: int = 20) -> Path:
+    d = root / "siim"
+    lines = ["ImageId, EncodedPixels"]
+    for i in range(n):
+        image_id = f"1.2.276.0.{i}"
+        px = (np.random.default_rng(i).random((32, 32)) * 4000).astype(np.uint16)
+        write_dicom(d / "dicom-images-train" / f"1.2.{i}" / f"1.3.{i}" / f"{image_id}.dcm", px, "MONOCHROME2",
+                    PatientID=f"P{i // 2}")  # two images per patient
+        if i % 4 == 0:
+            a = np.zeros((32, 32), bool)
+            a[4:10, 3:8] = True
+            b = np.zeros((32, 32), bool)
+            b[20:26, 18:30] = True
+            lines += [f"{image_id}, {encode_rle(a)}", f"{image_id}, {encode_rle(b)}"]
+        else:
+            lines.append(f"{image_id}, -1")
+    (d / "train-rle.csv").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def raw_mhist(root: Path) -> Path:
+    d = root / "mhist"
+    rows = []
+    for i in range(8):
+        name = f"MHIST_{i:03d}.png"
+        _png(d / "images" / name, (24, 24), seed=i, rgb=True)
+        rows.append([name, "SSA" if i % 2 else "HP", 3, "test" if i < 5 else "train"])
+    pd.DataFrame(rows, columns=["Image Name", "Majority Vote Label",
+                                "Number of Annotators who Selected SSA (Out of 7)", "Partition"]).to_csv(
+        d / "annotations.csv", index=False)
+    return d
+
+
+def raw_lc25000(root: Path) -> Path:
+    d = root / "lc25000" / "lung_colon_image_set"
+    for organ, classes in (("lung", ["lung_aca", "lung_n", "lung_scc"]), ("colon", ["colon_aca", "colon_n"])):
+        for c in classes:
+            for i in range(2):
+                _png(d / f"{organ}_image_sets" / c / f"{c.replace('_', '')}{i}.jpeg", (30, 30), seed=i, rgb=True,
+                     fmt="JPEG")
+    return d.parent
+
+
+RAW = {"mimic": raw_mimic, "nih14": raw_nih14, "chexpert": raw_chexpert, "rsna": raw_rsna, "siim": raw_siim,
+       "mhist": raw_mhist, "lc25000": raw_lc25000}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Every data set prepared once from its tiny raw layout: name -> (report, manifest, out_dir)."""
+    base = tmp_path_factory.mktemp("prep")
+    out = {}
+    for name, make in RAW.items():
+        make(base / "raw")
+        report = prepare_dataset(name, base / "raw", base / "processed" / name, cfg(), workers=2)
+        manifest = pd.read_csv(base / "processed" / name / "manifest.csv", keep_default_na=False,
+                               dtype={"patient_id": str, "study_id": str})
+        out[name] = (report, manifest, base / "processed" / name)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+BASE_COLUMNS = ["image", "split", "patient_id", "study_id", "orig_width", "orig_height"]
+EXTRA_COLUMNS = {"mimic": [*CHEXPERT_FINDINGS, "text"], "nih14": NIH_FINDINGS, "chexpert": ["label"],
+                 "rsna": ["label"], "siim": ["label", "mask"], "mhist": ["label"], "lc25000": ["label", "organ"]}
+
+
+@pytest.mark.parametrize("name", list(RAW))
+def test_prepare_writes_processed_format(prepared, name):
+    report, manifest, out = prepared[name]
+    assert list(manifest.columns) == BASE_COLUMNS + EXTRA_COLUMNS[name]
+    assert set(manifest["split"]) <= {"train", "val", "test"} and len(manifest) == report["counts"]["images"]
+    for rel, w, h in zip(manifest["image"], manifest["orig_width"], manifest["orig_height"]):
+        assert rel.startswith("images/") and rel.endswith(".png")
+        with Image.open(out / rel) as img:
+            assert img.mode == ("RGB" if name in ("mhist", "lc25000") else "L")
+            assert min(img.size) == SIZE
+            assert abs(img.size[0] / img.size[1] - w / h) < 0.1  # aspect ratio kept
+    saved = json.loads((out / "prepare_report.json").read_text())
+    assert saved["counts"] == report["counts"] and saved["split_seed"] == 0 and saved["n_skipped"] == 0
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_prepare_mimic_protocol(prepared):
+    _, manifest, _ = prepared["mimic"]
+    assert len(manifest) == 5 and all(i.endswith("a.png") for i in manifest["image"])  # frontal (PA) only
+    by_study = manifest.set_index("study_id")
+    assert by_study.loc["50000003", "split"] == "val" and by_study.loc["50000004", "split"] == "test"
+    # labels joined by key (the chexpert table is in reverse order): 1 -> 1, -1 / 0 / blank -> 0
+    assert by_study["Edema"].tolist() == [1, 0, 0, 0, 1]
+    assert by_study["Cardiomegaly"].tolist() == [0, 0, 1, 0, 0]
+    assert by_study.loc["50000001", "text"] == "finding text 0. impression 0."
+
+
+def test_prepare_nih14_validation_is_first_fifth_of_test_list_patient_disjoint(prepared):
+    report, manifest, _ = prepared["nih14"]
+    assert set(manifest["split"]) == {"val", "test"}  # train_val_list is not cached
+    val, test = manifest[manifest["split"] == "val"], manifest[manifest["split"] == "test"]
+    # 10 test-list images; ceil(20 %) = 2 -> patient 3's two images
+    assert list(val["image"]) == ["images/00000003_000.png", "images/00000003_001.png"]
+    assert not set(val["patient_id"]) & set(test["patient_id"])
+    row = manifest[manifest["image"] == "images/00000004_001.png"].iloc[0]
+    finding = "Cardiomegaly|Effusion".split("|")
+    assert all(row[c] == 1 for c in finding) and row[NIH_FINDINGS].sum() == 2
+
+
+def test_prepare_chexpert_5x200(prepared):
+    report, manifest, _ = prepared["chexpert"]
+    assert (manifest["split"] == "test").all() and manifest["image"].str.contains("frontal").all()
+    # 15 patients, 3 per class; patient 14 (Pleural Effusion) has an uncertain finding -> excluded
+    counts = manifest["label"].value_counts().to_dict()
+    assert counts == {"Atelectasis": 3, "Cardiomegaly": 3, "Consolidation": 3, "Edema": 3, "Pleural Effusion": 2}
+    assert report["protocol"]["fewer_than_200_available"]["Pleural Effusion"] == 2
+
+
+def test_prepare_rsna_split_and_boxes(prepared):
+    _, manifest, out = prepared["rsna"]
+    assert manifest["patient_id"].is_unique and set(manifest["label"]) == {"Normal", "Pneumonia"}
+    assert manifest["split"].value_counts().to_dict() == {"train": 14, "val": 3, "test": 3}
+    boxes = pd.read_csv(out / "boxes.csv")
+    assert list(boxes.columns) == ["image", "x", "y", "width", "height"] and len(boxes) == 2 * 7
+    positives = set(manifest.loc[manifest["label"] == "Pneumonia", "image"])
+    assert set(boxes["image"]) == positives and (manifest["orig_width"] == 40).all()
+
+
+def test_prepare_siim_masks_split_and_patients(prepared):
+    _, manifest, out = prepared["siim"]
+    assert manifest["patient_id"].nunique() == 10  # from the DICOM PatientID tag
+    patients = manifest.groupby("patient_id")["split"].nunique()
+    assert (patients == 1).all()  # disjoint by patient
+    pos = manifest[manifest["label"] == "Pneumothorax"]
+    assert len(pos) == 5 and (manifest.loc[manifest["label"] == "Normal", "mask"] == "").all()
+    with Image.open(out / pos["mask"].iloc[0]) as m:
+        mask = np.asarray(m) > 0
+    expected = np.zeros((32, 32), bool)
+    expected[4:10, 3:8] = True
+    expected[20:26, 18:30] = True  # union of both RLE rows, resized (nearest) to the cached size
+    small = np.asarray(Image.fromarray(expected.astype(np.uint8) * 255).resize((SIZE, SIZE), Image.NEAREST)) > 0
+    assert mask.shape == (SIZE, SIZE) and np.array_equal(mask, small) and mask[2:5, 2:4].all()
+
+
+def test_prepare_mhist_and_lc25000(prepared):
+    _, mhist, _ = prepared["mhist"]
+    assert mhist["split"].value_counts().to_dict() == {"test": 5, "train": 3}
+    assert set(mhist["label"]) == {"HP", "SSA"}
+    _, lc, _ = prepared["lc25000"]
+    assert (lc["split"] == "test").all() and len(lc) == 10
+    assert lc.groupby("organ")["label"].apply(set).to_dict() == {
+        "colon": {"colon_aca", "colon_n"}, "lung": {"lung_aca", "lung_n", "lung_scc"}}
+
+
+def test_prepare_split_by_group_deterministic_disjoint_stratified():
+    groups = pd.Series([f"p{i // 3}" for i in range(300)])
+    strata = pd.Series(["pos" if (i // 3) % 4 == 0 else "neg" for i in range(300)])
+    fr = {"train": 0.7, "val": 0.15, "test": 0.15}
+    a = split_by_group(groups, strata, fr, seed=0)
+    shuffled = split_by_group(groups[::-1], strata[::-1], fr, seed=0)
+    assert a.equals(shuffled.sort_index())  # independent of row order
+    assert not a.equals(split_by_group(groups, strata, fr, seed=1))
+    assert (pd.DataFrame({"g": groups, "s": a}).groupby("g")["s"].nunique() == 1).all()
+    pos = a[strata == "pos"].value_counts() / 3
+    assert pos.to_dict() == {"train": 18, "val": 3, "test": 4}  # 25 positive patients
+
+
+def test_prepare_deterministic_rerun(tmp_path):
+    raw_rsna(tmp_path / "raw")
+    a = prepare_dataset("rsna", tmp_path / "raw", tmp_path / "a", cfg(split_seed=3), workers=1)
+    b = prepare_dataset("rsna", tmp_path / "raw", tmp_path / "b", cfg(split_seed=3), workers=2)
+    ma, mb = (pd.read_csv(tmp_path / x / "manifest.csv") for x in "ab")
+    assert ma.equals(mb) and a["counts"] == b["counts"]
+    assert (tmp_path / "a" / "images" / "pat-000.png").read_bytes() == (tmp_path / "b" / "images" /
+                                                                       "pat-000.png").read_bytes()
+
+
+# --------------------------------------------------------------------------------------- bad inputs
+
+
+def _break_siim(root: Path) -> tuple[Path, Path]:
+    d = raw_siim(root, n=8)
+    dicoms = sorted(d.rglob("*.dcm"))
+    dicoms[1].write_bytes(dicoms[1].read_bytes()[:-300])  # truncated pixel data
+    dicoms[2].unlink()  # label row whose image is missing
+    return dicoms[1], dicoms[2]
+
+
+def test_prepare_bad_input_error_names_file(tmp_path):
+    truncated, missing = _break_siim(tmp_path / "raw")
+    with pytest.raises(BadInputError, match=rf"train-rle\.csv, row \d+: image {missing.stem}\.dcm not found"):
+        prepare_dataset("siim", tmp_path / "raw", tmp_path / "out" / "siim", cfg())
+    missing.parent.mkdir(parents=True, exist_ok=True)
+    write_dicom(missing, np.zeros((32, 32), np.uint16))
+    with pytest.raises(BadInputError, match=rf"{truncated.name}: cannot decode DICOM pixel data"):
+        prepare_dataset("siim", tmp_path / "raw", tmp_path / "out" / "siim", cfg())
+    assert not (tmp_path / "out" / "siim").exists()
+    assert not list((tmp_path / "out").iterdir())  # no partial folder left behind
+
+
+def test_prepare_bad_input_skip_counts(tmp_path):
+    truncated, missing = _break_siim(tmp_path / "raw")
+    report = prepare_dataset("siim", tmp_path / "raw", tmp_path / "out", cfg(on_bad_input="skip"))
+    assert report["n_skipped"] == 2 and report["counts"]["images"] == 6
+    reasons = {Path(s["file"]).name: s["reason"] for s in report["skipped"]}
+    assert truncated.name in reasons and "not found" in reasons["train-rle.csv"]
+
+
+def test_prepare_dicom_without_pixel_data_and_malformed_rle(tmp_path):
+    d = raw_siim(tmp_path / "raw", n=4)
+    first = sorted(d.rglob("*.dcm"))[0]
+    write_dicom(first, np.zeros((32, 32), np.uint16), with_pixels=False)
+    with pytest.raises(BadInputError, match=rf"{first.name}: DICOM has no pixel data"):
+        prepare_dataset("siim", tmp_path / "raw", tmp_path / "out", cfg())
+    write_dicom(first, np.ones((32, 32), np.uint16))
+    rle = d / "train-rle.csv"
+    rle.write_text(rle.read_text().replace(rle.read_text().splitlines()[1].split(", ")[1], "5 6 7", 1))
+    with pytest.raises(BadInputError, match=r"train-rle\.csv, row 1: malformed RLE"):
+        prepare_dataset("siim", tmp_path / "raw", tmp_path / "out", cfg())
+
+
+def test_prepare_missing_column_names_file(tmp_path):
+    d = raw_mhist(tmp_path / "raw")
+    table = pd.read_csv(d / "annotations.csv").drop(columns=["Partition"])
+    table.to_csv(d / "annotations.csv", index=False)
+    with pytest.raises(BadInputError, match=r"annotations\.csv: missing column\(s\) \['Partition'\]"):
+        prepare_dataset("mhist", tmp_path / "raw", tmp_path / "out", cfg())
+
+
+def test_prepare_failure_keeps_previous_good_output(tmp_path):
+    d = raw_mhist(tmp_path / "raw")
+    out = tmp_path / "processed" / "mhist"
+    prepare_dataset("mhist", tmp_path / "raw", out, cfg())
+    before = (out / "manifest.csv").read_text()
+    _png(d / "images" / "MHIST_003.png", (24, 24), rgb=True)
+    (d / "images" / "MHIST_003.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(BadInputError, match=r"MHIST_003\.png: cannot decode image"):
+        prepare_dataset("mhist", tmp_path / "raw", out, cfg())
+    assert (out / "manifest.csv").read_text() == before and (out / "images" / "MHIST_003.png").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mhist"]
+
+
+def test_prepare_unknown_or_absent_raw(tmp_path):
+    with pytest.raises(ValueError, match="unknown data set 'cifar'"):
+        prepare_dataset("cifar", tmp_path, tmp_path / "out", cfg())
+    with pytest.raises(PrepareError, match=r"fetch rsna"):
+        prepare_dataset("rsna", tmp_path, tmp_path / "out", cfg())
+    (tmp_path / "lc25000" / "lung_colon_image_set").mkdir(parents=True)
+    with pytest.raises(PrepareError, match=r"no LC25000 class folder"):
+        prepare_dataset("lc25000", tmp_path, tmp_path / "out", cfg())
+
+
+def test_prepare_gzip_nih_table(tmp_path):
+    d = raw_nih14(tmp_path / "raw")
+    table = d / "Data_Entry_2017_v2020.csv"
+    with gzip.open(d / "Data_Entry_2017_v2020.csv.gz", "wb") as handle:
+        handle.write(table.read_bytes())
+    table.unlink()
+    report = prepare_dataset("nih14", tmp_path / "raw", tmp_path / "out", cfg())
+    assert report["counts"]["splits"] == {"test": 8, "val": 2}
+
+
+# ------------------------------------------------------------------------------ the demo fixtures (part 1)
+
+
+@pytest.mark.parametrize("name", list(RAW))
+def test_prepare_demo_fixture(tmp_path, name):
+    fixtures = pytest.importorskip("ace_lora.data.fixtures")
+    from ace_lora.config import DemoConfig
+
+    demo = DemoConfig(seed=1, n_train=12, n_per_class=4, image_size=32)
+    summary = fixtures.write_fixture(name, tmp_path / "raw" / name, demo)
+    report = prepare_dataset(name, tmp_path / "raw", tmp_path / "out" / name, cfg(), workers=2)
+    manifest = pd.read_csv(tmp_path / "out" / name / "manifest.csv", keep_default_na=False, dtype={"patient_id": str})
+    assert list(manifest.columns) == BASE_COLUMNS + EXTRA_COLUMNS[name] and report["n_skipped"] == 0
+    assert (manifest.groupby("patient_id")["split"].nunique() == 1).all()  # patient-disjoint splits
+    if name in ("rsna", "siim"):
+        assert len(manifest) == summary["images"] and (manifest["label"] != "Normal").sum() == summary["positive"]
+        assert {"train", "test"} <= set(manifest["split"])
+    if name == "rsna":
+        assert len(pd.read_csv(tmp_path / "out" / name / "boxes.csv")) == summary["boxes"]
+    if name == "siim":
+        positives = manifest[manifest["label"] == "Pneumothorax"]
+        for rel in positives["mask"]:
+            with Image.open(tmp_path / "out" / name / rel) as m:
+                assert np.asarray(m).any()
+    if name == "chexpert":
+        assert manifest["label"].value_counts().to_dict() == {c: 4 for c in EXPECTED_5X200}
+    if name in ("mhist", "lc25000"):
+        assert len(manifest) == summary["images"]
+    if name == "mimic":
+        assert len(manifest) == summary["images"] - summary["lateral_images"]
+        assert manifest["text"].str.len().min() > 0 and not manifest["text"].str.contains("INDICATION").any()
+
+
+EXPECTED_5X200 = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+
+
+def test_prepare_mimic_missing_image_and_report(tmp_path):
+    d = raw_mimic(tmp_path / "raw")
+    next(d.rglob("d1a.jpg")).unlink()
+    next(d.rglob("s50000004.txt")).unlink()
+    with pytest.raises(BadInputError, match=r"metadata\.csv\.gz, row 3: image d1a\.jpg not found"):
+        prepare_dataset("mimic", tmp_path / "raw", tmp_path / "out", cfg())
+    report = prepare_dataset("mimic", tmp_path / "raw", tmp_path / "out", cfg(on_bad_input="skip"))
+    assert report["counts"]["images"] == 3 and report["n_skipped"] == 2
+    assert [s["row"] for s in report["skipped"]] == [3, 7] and "s50000004.txt" in report["skipped"][1]["reason"]
+
+
+def test_prepare_chexpert_flat_layout(tmp_path):
+    """train.csv directly in the raw folder, images beside it (Path still starts with CheXpert-v1.0-small/)."""
+    nested = raw_chexpert(tmp_path / "nested")
+    flat = tmp_path / "raw" / "chexpert"
+    flat.parent.mkdir()
+    (nested / "CheXpert-v1.0-small").rename(flat)
+    report = prepare_dataset("chexpert", tmp_path / "raw", tmp_path / "out", cfg())
+    assert report["counts"]["images"] == 14
+
+
+def test_prepare_nih14_test_list_name_missing_from_table(tmp_path):
+    d = raw_nih14(tmp_path / "raw")
+    (d / "test_list.txt").write_text((d / "test_list.txt").read_text() + "99999999_000.png\n")
+    with pytest.raises(BadInputError, match=r"test_list\.txt, row 11: image 99999999_000\.png is not in"):
+        prepare_dataset("nih14", tmp_path / "raw", tmp_path / "out", cfg())
