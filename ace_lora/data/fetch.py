@@ -1,0 +1,386 @@
+"""The ``fetch`` stage: put a data set's raw files into ``{raw}/<name>/`` in its distributed layout (SPEC §6).
+
+``data.source: demo`` generates the synthetic fixture (:mod:`ace_lora.data.fixtures`) atomically and skips the
+work when a complete one with the same settings exists. ``data.source: real`` verifies data already in place,
+or downloads what can be downloaded: LC25000 from a URL (``data.urls.lc25000``) or Kaggle, RSNA and SIIM with
+the Kaggle CLI, MIMIC-CXR-JPG and its reports from PhysioNet with a credentialed account. CheXpert and MHIST
+need a request form: the error says what to get, from where, and where to put it.
+
+Every path returns a *layout record*: data set, source, the label tables found with their sha256, file counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import requests
+
+from ace_lora.config import DataConfig, to_dict
+from ace_lora.data.fixtures import DATASETS, FIXTURE_VERSION, write_fixture
+from ace_lora.io import atomic_dir
+
+__all__ = ["FetchError", "DownloadError", "fetch_dataset", "verify_layout", "download", "SOURCES", "LAYOUTS"]
+
+FIXTURE_MARKER = ".fixture.json"
+log = logging.getLogger(__name__)
+
+
+class FetchError(RuntimeError):
+    """The raw data set is missing, incomplete or cannot be fetched; the message says what to do."""
+
+
+class DownloadError(FetchError):
+    """A download failed (HTTP error, checksum mismatch); nothing partial is left at the destination."""
+
+
+# What each data set needs in place: label tables (first matching name wins, found at any depth) and images.
+LAYOUTS: dict[str, dict] = {
+    "mimic": {"tables": {"metadata": ["mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv"],
+                         "split": ["mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-split.csv"],
+                         "chexpert": ["mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-chexpert.csv"]},
+              "files": {"images": (".jpg",), "reports": (".txt",)}},
+    "nih14": {"tables": {"labels": ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"],
+                         "test_list": ["test_list.txt"]},
+              "files": {"images": (".png",)}},
+    "chexpert": {"tables": {"labels": ["train.csv"]}, "files": {"images": (".jpg",)}},
+    "rsna": {"tables": {"labels": ["stage_2_train_labels.csv"]}, "files": {"images": (".dcm",)}},
+    "siim": {"tables": {"labels": ["train-rle.csv", "stage_2_train.csv"]}, "files": {"images": (".dcm",)}},
+    "mhist": {"tables": {"labels": ["annotations.csv"]}, "files": {"images": (".png",)}},
+    "lc25000": {"tables": {}, "files": {"images": (".jpeg", ".jpg")},
+                "folders": ["lung_aca", "lung_n", "lung_scc", "colon_aca", "colon_n"]},
+}
+
+# Where the real data comes from (used for downloads and in every "missing" message).
+SOURCES: dict[str, dict] = {
+    "mimic": {"what": "MIMIC-CXR-JPG 2.1.0 (images + the metadata/split/chexpert tables) and the MIMIC-CXR "
+                      "2.1.0 free-text reports (mimic-cxr-reports.zip)",
+              "where": "https://physionet.org/content/mimic-cxr-jpg/2.1.0/ and "
+                       "https://physionet.org/content/mimic-cxr/2.1.0/ (credentialed PhysioNet account + signed DUA)",
+              "jpg_base": "https://physionet.org/files/mimic-cxr-jpg/2.1.0/",
+              "reports_url": "https://physionet.org/files/mimic-cxr/2.1.0/mimic-cxr-reports.zip"},
+    "nih14": {"what": "NIH ChestX-ray14: Data_Entry_2017_v2020.csv, test_list.txt, train_val_list.txt and "
+                      "images_001 ... images_012 (each images_XXX/images/*.png)",
+              "where": "https://nihcc.app.box.com/v/ChestXray-NIHCC"},
+    "chexpert": {"what": "CheXpert-v1.0-small (train.csv + train/patient*/study*/view*.jpg)",
+                 "where": "https://stanfordaimi.azurewebsites.net/datasets/8cbd9ed4-2eb9-4565-affc-111cf4f7ebe2 "
+                          "(Stanford AIMI, free account + research use agreement)"},
+    "rsna": {"what": "RSNA Pneumonia Detection Challenge: stage_2_train_labels.csv and stage_2_train_images/*.dcm",
+             "where": "https://www.kaggle.com/c/rsna-pneumonia-detection-challenge (accept the rules)",
+             "kaggle": ["competitions", "download", "-c", "rsna-pneumonia-detection-challenge"]},
+    "siim": {"what": "SIIM-ACR Pneumothorax: train-rle.csv (or stage_2_train.csv) and "
+                     "dicom-images-train/<study>/<series>/<ImageId>.dcm",
+             "where": "https://www.kaggle.com/datasets/jesperdramsch/siim-acr-pneumothorax-segmentation-data",
+             "kaggle": ["datasets", "download", "-d", "jesperdramsch/siim-acr-pneumothorax-segmentation-data"]},
+    "mhist": {"what": "MHIST: annotations.csv and images/*.png (images.zip)",
+              "where": "https://bmirds.github.io/MHIST/ (request form; the download link arrives by e-mail)"},
+    "lc25000": {"what": "LC25000 (LC25000.zip -> lung_colon_image_set/{lung,colon}_image_sets/<class>/*.jpeg)",
+                "where": "https://github.com/tampapath/lung_colon_image_set (academictorrents) or Kaggle "
+                         "andrewmvd/lung-and-colon-cancer-histopathological-images; or set data.urls.lc25000 to a "
+                         "mirror of LC25000.zip",
+                "kaggle": ["datasets", "download", "-d", "andrewmvd/lung-and-colon-cancer-histopathological-images"]},
+}
+
+
+# ----------------------------------------------------------------------------------------- downloads
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(url: str, dest: str | Path, sha256: str | None = None, auth: tuple[str, str] | None = None,
+             *, retries: int = 5, chunk_size: int = 1 << 16, timeout: float = 60.0, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming with HTTP Range after interruptions.
+
+    An existing complete ``dest`` (matching ``sha256`` when given) is kept. The ``.part`` file is renamed to
+    ``dest`` only when the transfer is complete and its sha256 matches; on a mismatch both are removed and
+    :class:`DownloadError` names the URL and both hashes. ``auth``: HTTP basic (user, password).
+    """
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    if dest.is_file() and (sha256 is None or _sha256(dest) == sha256.lower()):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    attempt = 0
+    while True:
+        offset = part.stat().st_size if part.is_file() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            with requests.get(url, headers=headers, auth=auth, stream=True, timeout=timeout) as resp:
+                if resp.status_code == 416 and offset:  # nothing left to send: the .part is complete (or stale)
+                    total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+                    if total.isdigit() and int(total) == offset:
+                        break
+                    part.unlink()
+                    continue
+                if resp.status_code in (401, 403):
+                    raise DownloadError(f"{url}: HTTP {resp.status_code} (access denied; check the credentials "
+                                        "and that the data use agreement is signed)")
+                if resp.status_code >= 400:
+                    raise DownloadError(f"{url}: HTTP {resp.status_code} {resp.reason}")
+                resumed = resp.status_code == 206
+                if offset and resumed:
+                    start = resp.headers.get("Content-Range", "").removeprefix("bytes ").partition("-")[0]
+                    if start != str(offset):
+                        raise DownloadError(f"{url}: server resumed at byte {start!r}, expected {offset}")
+                length = resp.headers.get("Content-Length")
+                total = (int(length) + (offset if resumed else 0)) if length and length.isdigit() else None
+                with open(part, "ab" if resumed else "wb") as f, tqdm(
+                        total=total, initial=offset if resumed else 0, unit="B", unit_scale=True,
+                        desc=dest.name, disable=not progress, leave=False) as bar:
+                    for block in resp.iter_content(chunk_size=chunk_size):
+                        f.write(block)
+                        bar.update(len(block))
+                if total is not None and part.stat().st_size < total:
+                    raise requests.ConnectionError(f"connection closed at byte {part.stat().st_size} of {total}")
+            break
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
+            attempt += 1
+            if attempt > retries:
+                raise DownloadError(f"{url}: download failed after {retries} retries ({err}); the partial file "
+                                    f"{part} is kept and the next run resumes it") from err
+            time.sleep(min(2.0 ** attempt, 30.0) * 0.05)
+    got = _sha256(part)
+    if sha256 is not None and got != sha256.lower():
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{url}: sha256 mismatch: expected {sha256.lower()}, got {got}; the file was removed")
+    os.replace(part, dest)
+    return dest
+
+
+def _extract(archive: Path, into: Path) -> None:
+    """Unzip ``archive`` into ``into`` (entries escaping the folder are refused)."""
+    into = into.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.namelist():
+            target = (into / member).resolve()
+            if into not in target.parents and target != into:
+                raise FetchError(f"{archive}: refusing entry {member!r} outside the target folder")
+        zf.extractall(into)
+
+
+# -------------------------------------------------------------------------------------------- layout
+
+
+def verify_layout(name: str, root: str | Path) -> dict:
+    """Check ``root`` (= ``{raw}/<name>``) has the files SPEC §6 lists; returns the layout record.
+
+    Raises :class:`FetchError` listing what is missing (and what to get, from where).
+    """
+    if name not in LAYOUTS:
+        raise FetchError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FetchError(_missing_message(name, root, ["the data set folder"]))
+    layout = LAYOUTS[name]
+    wanted = {n for names in layout["tables"].values() for n in names}
+    found_tables: dict[str, Path] = {}
+    counts = {kind: 0 for kind in layout["files"]}
+    folders: dict[str, int] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        for fn in filenames:
+            if fn in wanted:
+                prev = found_tables.get(fn)
+                if prev is None or len((here / fn).parts) < len(prev.parts):
+                    found_tables[fn] = here / fn
+            suffix = os.path.splitext(fn)[1].lower()
+            for kind, suffixes in layout["files"].items():
+                if suffix in suffixes:
+                    counts[kind] += 1
+                    if here.name in layout.get("folders", ()):
+                        folders[here.name] = folders.get(here.name, 0) + 1
+    missing, tables = [], {}
+    for key, names in layout["tables"].items():
+        hit = next((found_tables[n] for n in names if n in found_tables), None)
+        if hit is None:
+            missing.append(" or ".join(names))
+        else:
+            tables[key] = hit
+    missing += [f"{kind} ({'/'.join(sfx)} files)" for kind, sfx in layout["files"].items() if counts[kind] == 0]
+    missing += [f"class folder {f}/ with images" for f in layout.get("folders", ()) if not folders.get(f)]
+    if missing:
+        raise FetchError(_missing_message(name, root, missing))
+    record = {
+        "dataset": name,
+        "root": str(root),
+        "tables": {k: str(p.relative_to(root)) for k, p in tables.items()},
+        "sha256": {str(p.relative_to(root)): _sha256(p) for p in tables.values()},
+        "counts": counts,
+    }
+    if folders:
+        record["counts"]["per_folder"] = dict(sorted(folders.items()))
+    return record
+
+
+def _missing_message(name: str, root: Path, missing: list[str]) -> str:
+    src = SOURCES[name]
+    return (f"{root}: data set {name!r} is incomplete or absent (missing: {'; '.join(missing)}). "
+            f"Get {src['what']} from {src['where']} and unpack it into {root}/ (any nesting below it works), "
+            f"or set data.source: demo to use the synthetic demo data.")
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+def _fetch_demo(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
+    dest = raw_root / name
+    settings = {"dataset": name, "fixture_version": FIXTURE_VERSION, **to_dict(data_cfg.demo)}
+    marker = dest / FIXTURE_MARKER
+    if dest.exists():
+        if not marker.is_file():
+            raise FetchError(f"{dest} exists but is not a synthetic demo fixture (real data?); refusing to overwrite "
+                             "it. Set data.source: real to use it, or move it away to generate the demo data.")
+        info = json.loads(marker.read_text())
+        if info.get("settings") == settings:
+            record = verify_layout(name, dest)
+            log.info("%s: demo data with the same settings already in place; not regenerated", dest)
+            return {**record, "source": "demo", "settings": settings, "fixture": info.get("summary", {})}
+    with atomic_dir(dest) as tmp:
+        summary = write_fixture(name, tmp, data_cfg.demo)
+        record = verify_layout(name, tmp)
+        (tmp / FIXTURE_MARKER).write_text(json.dumps({"settings": settings, "summary": summary}, indent=2,
+                                                     sort_keys=True) + "\n")
+    record["root"] = str(dest)
+    return {**record, "source": "demo", "settings": settings, "fixture": summary}
+
+
+# ---------------------------------------------------------------------------------------------- real
+
+
+def kaggle_credentials() -> bool:
+    """True when the Kaggle CLI can authenticate (environment variables or ~/.kaggle/kaggle.json)."""
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    return (config_dir / "kaggle.json").is_file()
+
+
+def _fetch_kaggle(name: str, dest: Path) -> None:
+    src = SOURCES[name]
+    if not kaggle_credentials():
+        raise FetchError(_missing_message(name, dest, ["the data set folder"]) +
+                         " To download it automatically, provide Kaggle credentials (KAGGLE_USERNAME and "
+                         "KAGGLE_KEY, or ~/.kaggle/kaggle.json) and install the Kaggle CLI (pip install kaggle).")
+    exe = shutil.which("kaggle")
+    if exe is None:
+        raise FetchError(f"Kaggle credentials found but the `kaggle` command is not installed; run "
+                         f"`pip install kaggle` and re-run `python -m ace_lora fetch {name}`.")
+    with atomic_dir(dest) as tmp:
+        proc = subprocess.run([exe, *src["kaggle"], "-p", str(tmp)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise FetchError(f"kaggle {' '.join(src['kaggle'])} failed (exit {proc.returncode}): "
+                             f"{(proc.stderr or proc.stdout).strip()[-800:]}. Check that you accepted the rules at "
+                             f"{src['where']}.")
+        for archive in sorted(tmp.glob("*.zip")):
+            _extract(archive, tmp)
+            archive.unlink()
+        verify_layout(name, tmp)
+
+
+def _fetch_lc25000(dest: Path, data_cfg: DataConfig) -> None:
+    url = data_cfg.urls.get("lc25000")
+    if not url:
+        if kaggle_credentials() and shutil.which("kaggle"):
+            _fetch_kaggle("lc25000", dest)
+            return
+        raise FetchError(_missing_message("lc25000", dest, ["the data set folder"]) +
+                         " To download it automatically, set data.urls.lc25000 to a URL of LC25000.zip "
+                         "(optionally data.sha256.lc25000), or provide Kaggle credentials.")
+    archive = dest.parent / ".downloads" / (Path(url.split("?")[0]).name or "LC25000.zip")
+    download(url, archive, sha256=data_cfg.sha256.get("lc25000"))
+    with atomic_dir(dest) as tmp:
+        _extract(archive, tmp)
+        verify_layout("lc25000", tmp)
+    archive.unlink()
+
+
+def _physionet_auth() -> tuple[str, str] | None:
+    user, password = os.environ.get("PHYSIONET_USERNAME"), os.environ.get("PHYSIONET_PASSWORD")
+    return (user, password) if user and password else None
+
+
+def _fetch_mimic(dest: Path, data_cfg: DataConfig) -> None:
+    """Tables + reports + the frontal images listed in the metadata, over HTTP basic auth (like ``wget -r``).
+
+    Files already downloaded are kept, so an interrupted fetch resumes; the folder is complete only when
+    every listed file is present. ``data.urls.mimic`` / ``data.urls.mimic_reports`` override the PhysioNet URLs.
+    """
+    import gzip
+
+    import pandas as pd
+
+    auth = _physionet_auth()
+    if auth is None:
+        raise FetchError(_missing_message("mimic", dest, ["the data set folder"]) + " To download it automatically, "
+                         "set PHYSIONET_USERNAME and PHYSIONET_PASSWORD for a credentialed PhysioNet account.")
+    base = data_cfg.urls.get("mimic", SOURCES["mimic"]["jpg_base"]).rstrip("/") + "/"
+    reports_url = data_cfg.urls.get("mimic_reports", SOURCES["mimic"]["reports_url"])
+    work = dest.parent / f".{dest.name}.download"
+    for kind in ("metadata", "split", "chexpert"):
+        download(base + f"mimic-cxr-2.0.0-{kind}.csv.gz", work / f"mimic-cxr-2.0.0-{kind}.csv.gz", auth=auth)
+    reports_zip = download(reports_url, dest.parent / ".downloads" / "mimic-cxr-reports.zip", auth=auth)
+    with gzip.open(work / "mimic-cxr-2.0.0-metadata.csv.gz") as f:
+        meta = pd.read_csv(f, dtype={"dicom_id": str, "subject_id": str, "study_id": str})
+    frontal = meta[meta["ViewPosition"].isin(["PA", "AP"])]
+    for rec in frontal.itertuples():
+        rel = f"files/p{rec.subject_id[:2]}/p{rec.subject_id}/s{rec.study_id}/{rec.dicom_id}.jpg"
+        download(base + rel, work / rel, auth=auth, progress=False)
+    _extract(reports_zip, work)
+    verify_layout("mimic", work)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(work, dest)
+    reports_zip.unlink()
+
+
+def _fetch_real(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
+    dest = raw_root / name
+    if dest.exists() and not (dest / FIXTURE_MARKER).exists():
+        return {**verify_layout(name, dest), "source": "real"}
+    if (dest / FIXTURE_MARKER).exists():
+        raise FetchError(f"{dest} holds the synthetic demo data but data.source is real; move it away (or delete "
+                         f"it) and put the real {SOURCES[name]['what']} there.")
+    if name == "lc25000":
+        _fetch_lc25000(dest, data_cfg)
+    elif name in ("rsna", "siim"):
+        _fetch_kaggle(name, dest)
+    elif name == "mimic":
+        _fetch_mimic(dest, data_cfg)
+    else:  # chexpert, mhist, nih14: a request form / manual download
+        raise FetchError(_missing_message(name, dest, ["the data set folder"]) +
+                         " It cannot be downloaded automatically.")
+    log.info("%s: downloaded", dest)
+    return {**verify_layout(name, dest), "source": "real"}
+
+
+# -------------------------------------------------------------------------------------------- public
+
+
+def fetch_dataset(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
+    """Make ``raw_root/name`` hold data set ``name`` in its raw layout; returns the layout record
+    (``dataset``, ``source``, ``root``, ``tables``, ``sha256`` of the label tables, ``counts``, and for the demo
+    ``settings`` + ``fixture`` summary). The record depends only on the data, not on whether this call generated,
+    downloaded or merely verified it, so re-running the stage leaves downstream stages up to date."""
+    if name not in DATASETS:
+        raise FetchError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    raw_root = Path(raw_root)
+    raw_root.mkdir(parents=True, exist_ok=True)
+    if data_cfg.source == "demo":
+        return _fetch_demo(name, raw_root, data_cfg)
+    return _fetch_real(name, raw_root, data_cfg)

@@ -1,0 +1,144 @@
+"""Zero-shot prompts as plain data: templates per domain x class phrases per benchmark.
+
+``build_prompts(cfg, benchmarks)`` -> ``{benchmark: {class label: [prompt, ...]}}``; every prompt is one template
+filled with one phrase of the class. ``params.yaml: prompts`` overrides the defaults below (empty = defaults):
+``templates: {domain: [template, ...]}`` and ``class_names: {benchmark: {label: phrase | [phrases]}}``.
+The file written by ``write_prompts`` is read back per benchmark by ``read_prompts``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ace_lora.config import PromptsConfig
+from ace_lora.io import atomic_write_text
+
+DOMAINS = ("chest", "histopathology")
+
+#: Templates per domain; ``{}`` is the class phrase. Chest: the reference's two templates (SPEC §6).
+DEFAULT_TEMPLATES: dict[str, list[str]] = {
+    "chest": ["a chest X-ray image of {}.", "Findings suggesting {}."],
+    "histopathology": ["an H&E stained histopathology image of {}.", "a histopathology slide showing {}."],
+}
+
+_NORMAL = "no acute findings"
+
+#: Benchmark -> class label -> phrase(s). Labels are exactly the manifest labels / finding columns.
+DEFAULT_CLASS_NAMES: dict[str, dict[str, list[str]]] = {
+    "chexpert5x200": {"Atelectasis": ["atelectasis"], "Cardiomegaly": ["cardiomegaly"],
+                      "Consolidation": ["consolidation"], "Edema": ["edema"],
+                      "Pleural Effusion": ["pleural effusion"]},
+    "rsna": {"Normal": [_NORMAL], "Pneumonia": ["pneumonia"]},
+    "rsna_det": {"Normal": [_NORMAL], "Pneumonia": ["pneumonia"]},
+    "siim": {"Normal": [_NORMAL], "Pneumothorax": ["pneumothorax"]},
+    "siim_seg": {"Normal": [_NORMAL], "Pneumothorax": ["pneumothorax"]},
+    "mhist": {"HP": ["hyperplastic polyp"], "SSA": ["sessile serrated adenoma"]},
+    "lc25000_lung": {"lung_aca": ["lung adenocarcinoma"], "lung_n": ["benign lung tissue"],
+                     "lung_scc": ["lung squamous cell carcinoma"]},
+    "lc25000_colon": {"colon_aca": ["colon adenocarcinoma"], "colon_n": ["benign colonic tissue"]},
+    "nih14": {"Atelectasis": ["atelectasis"], "Cardiomegaly": ["cardiomegaly"], "Effusion": ["pleural effusion"],
+              "Infiltration": ["infiltration"], "Mass": ["mass"], "Nodule": ["nodule"], "Pneumonia": ["pneumonia"],
+              "Pneumothorax": ["pneumothorax"], "Consolidation": ["consolidation"], "Edema": ["edema"],
+              "Emphysema": ["emphysema"], "Fibrosis": ["fibrosis"], "Pleural_Thickening": ["pleural thickening"],
+              "Hernia": ["hernia"], "No Finding": [_NORMAL]},
+    "mimic": {"Atelectasis": ["atelectasis"], "Cardiomegaly": ["cardiomegaly"], "Consolidation": ["consolidation"],
+              "Edema": ["edema"], "Enlarged Cardiomediastinum": ["enlarged cardiomediastinum"],
+              "Fracture": ["fracture"], "Lung Lesion": ["lung lesion"], "Lung Opacity": ["lung opacity"],
+              "No Finding": [_NORMAL], "Pleural Effusion": ["pleural effusion"],
+              "Pleural Other": ["pleural thickening"], "Pneumonia": ["pneumonia"],
+              "Pneumothorax": ["pneumothorax"], "Support Devices": ["support devices"]},
+}
+
+#: Benchmark -> class labels in evaluation order (multi-label: "No Finding" is the negative prompt class).
+BENCHMARK_CLASSES: dict[str, list[str]] = {b: list(c) for b, c in DEFAULT_CLASS_NAMES.items()}
+
+#: Benchmark -> domain (selects the templates).
+BENCHMARK_DOMAINS: dict[str, str] = {b: ("histopathology" if b == "mhist" or b.startswith("lc25000") else "chest")
+                                     for b in DEFAULT_CLASS_NAMES}
+
+
+class PromptsError(KeyError):
+    """A missing benchmark, class or template; the message names it."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+def domain_of(benchmark: str) -> str:
+    """``chest`` or ``histopathology``."""
+    if benchmark not in BENCHMARK_DOMAINS:
+        raise PromptsError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARK_DOMAINS)}")
+    return BENCHMARK_DOMAINS[benchmark]
+
+
+def _phrases(value, where: str) -> list[str]:
+    phrases = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+    if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
+        raise PromptsError(f"{where}: expected a non-empty phrase or list of phrases, got {value!r}")
+    return phrases
+
+
+def build_prompts(prompts_cfg: PromptsConfig, benchmarks: list[str]) -> dict[str, dict[str, list[str]]]:
+    """``{benchmark: {class label: [template.format(phrase) for template for phrase]}}`` for ``benchmarks``.
+
+    ``prompts_cfg.templates`` replaces a domain's templates; ``prompts_cfg.class_names[benchmark]`` replaces
+    the phrases of the labels it names (other labels keep their defaults). Unknown domains, benchmarks or
+    labels raise :class:`PromptsError`.
+    """
+    for domain, templates in prompts_cfg.templates.items():
+        if domain not in DOMAINS:
+            raise PromptsError(f"prompts.templates.{domain}: unknown domain; use one of {', '.join(DOMAINS)}")
+        for t in _phrases(templates, f"prompts.templates.{domain}"):
+            if t.count("{}") != 1:
+                raise PromptsError(f"prompts.templates.{domain}: template {t!r} must contain '{{}}' exactly once")
+    for bench, names in prompts_cfg.class_names.items():
+        if bench not in DEFAULT_CLASS_NAMES:
+            raise PromptsError(f"prompts.class_names.{bench}: unknown benchmark; known: "
+                               f"{', '.join(DEFAULT_CLASS_NAMES)}")
+        if not isinstance(names, dict):
+            raise PromptsError(f"prompts.class_names.{bench}: expected a mapping label -> phrase(s)")
+        unknown = [lab for lab in names if lab not in DEFAULT_CLASS_NAMES[bench]]
+        if unknown:
+            raise PromptsError(f"prompts.class_names.{bench}: unknown class label(s) {unknown}; labels are "
+                               f"{BENCHMARK_CLASSES[bench]}")
+    out: dict[str, dict[str, list[str]]] = {}
+    for bench in dict.fromkeys(benchmarks):
+        domain = domain_of(bench)
+        templates = _phrases(prompts_cfg.templates.get(domain, DEFAULT_TEMPLATES[domain]),
+                             f"prompts.templates.{domain}")
+        override = prompts_cfg.class_names.get(bench, {})
+        out[bench] = {}
+        for label in BENCHMARK_CLASSES[bench]:
+            phrases = _phrases(override.get(label, DEFAULT_CLASS_NAMES[bench][label]),
+                               f"prompts.class_names.{bench}.{label}")
+            out[bench][label] = [t.format(p) for t in templates for p in phrases]
+    return out
+
+
+def write_prompts(prompts: dict[str, dict[str, list[str]]], path: str | Path) -> Path:
+    """Write the prompts JSON atomically (temp sibling, then rename); benchmark and class order is kept."""
+    return atomic_write_text(path, json.dumps(prompts, indent=2) + "\n")
+
+
+def read_prompts(path: str | Path, benchmark: str, classes: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
+    """The prompts of ``benchmark`` from a ``write_prompts`` file: ``{class: [prompts]}``, ``classes`` first in
+    their order, then any further classes the file holds (e.g. the "No Finding" negative of multi-label sets).
+
+    Raises :class:`PromptsError` naming the file and the missing benchmark or class(es).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PromptsError(f"{path}: prompts file not found; run `python -m ace_lora prompts`")
+    data = json.loads(path.read_text())
+    if benchmark not in data:
+        raise PromptsError(f"{path}: no prompts for benchmark {benchmark!r}; the file has {', '.join(data) or 'none'}"
+                           f" (add it to the prompts stage and re-run `python -m ace_lora prompts`)")
+    per_class = data[benchmark]
+    missing = [c for c in classes if not per_class.get(c)]
+    if missing:
+        raise PromptsError(f"{path}: benchmark {benchmark!r} has no prompts for class(es) "
+                           f"{', '.join(map(repr, missing))}; it has {', '.join(map(repr, per_class))}")
+    out = {c: list(per_class[c]) for c in classes}
+    out.update({c: list(v) for c, v in per_class.items() if c not in out})
+    return out
