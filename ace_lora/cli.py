@@ -116,7 +116,8 @@ def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
             spec, manifest = load_benchmark(name, Path(params.paths.processed))
             prompts = read_prompts(paths["prompts"], spec.name, spec.classes)
             values, artifacts = evaluate_benchmark(model, spec, manifest, paths["processed"], prompts,
-                                                   params.evaluate, device)
+                                                   params.evaluate, device, source=paths["prompts"],
+                                                   overlay_dir=out)
             metrics.update(values)
             for kind, frame in artifacts.items():
                 frame.to_csv(out / f"{name}_{kind}.csv", index=False)

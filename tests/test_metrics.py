@@ -62,6 +62,16 @@ def test_multilabel_auroc_skips_single_class_labels():
         macro_auroc(np.zeros((5, 2), int), np.zeros((5, 2)))
 
 
+def test_auroc_with_ties_matches_sklearn():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 200)
+    s = rng.integers(0, 4, 200).astype(float)  # heavy ties
+    assert macro_auroc(y, s) == pytest.approx(skm.roc_auc_score(y, s))
+    ym = rng.integers(0, 2, (200, 3))
+    sm = rng.integers(0, 3, (200, 3)).astype(float)
+    assert macro_auroc(ym, sm) == pytest.approx(skm.roc_auc_score(ym, sm, average="macro"))
+
+
 def test_auroc_undefined_with_one_class():
     with pytest.raises(UndefinedMetricError):
         macro_auroc(np.ones(4, int), np.random.rand(4))

@@ -1,0 +1,253 @@
+"""Zero-shot classification with a fake model whose image embeddings equal the prompt embeddings."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ace_lora.config import EvaluateConfig
+from ace_lora.eval import zeroshot
+
+VOCAB = ["No Finding", "normal", "atelectasis", "cardiomegaly", "edema", "effusion", "pneumothorax", "pneumonia"]
+SIZE, PATCH = 32, 8  # 4 x 4 patch grid
+
+
+class FakeModel(torch.nn.Module):
+    """Implements the model contract of docs/ARCHITECTURE.md without learning anything.
+
+    A text's embedding is the one-hot vector of the first vocabulary word it contains. An image patch of mean
+    intensity ``v`` embeds as a soft one-hot centred on vocabulary index ``v * (len(VOCAB) - 1)``; the CLS node is
+    the same function of the whole image's mean intensity. So an image of intensity ``k / (len(VOCAB) - 1)``
+    matches the prompts of ``VOCAB[k]``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.tensor(50.0))
+        self.dim = len(VOCAB)
+        self.preset = type("Preset", (), {"image_size": SIZE, "context_length": 6, "embed_dim": self.dim})()
+
+    def image_transform(self, train: bool = False):
+        def transform(img: Image.Image) -> torch.Tensor:
+            arr = np.asarray(img.convert("RGB").resize((SIZE, SIZE)), dtype=np.float32) / 255.0
+            return torch.from_numpy(arr).permute(2, 0, 1)
+        return transform
+
+    def _embed_level(self, v: torch.Tensor) -> torch.Tensor:  # (...,) -> (..., D)
+        centre = v.unsqueeze(-1) * (self.dim - 1)
+        return F.normalize(torch.exp(-4.0 * (centre - torch.arange(self.dim)) ** 2), dim=-1)
+
+    def image_nodes(self, images: torch.Tensor):
+        gray = images.float().mean(1)  # (B, H, W)
+        patches = F.avg_pool2d(gray.unsqueeze(1), PATCH).flatten(1)  # (B, P)
+        nodes = torch.cat([self._embed_level(gray.mean((1, 2)))[:, None], self._embed_level(patches)], 1)
+        return nodes, torch.zeros(len(images), patches.shape[1])
+
+    def image_global(self, nodes, prior):
+        return nodes[:, 0]
+
+    def encode_image(self, images):
+        return self.image_global(*self.image_nodes(images))
+
+    def tokenize(self, texts):
+        ids = torch.zeros(len(texts), 6, dtype=torch.long)
+        for i, text in enumerate(texts):
+            low = text.lower()
+            hits = [(low.find(w.lower()), -len(w), j) for j, w in enumerate(VOCAB) if w.lower() in low]
+            ids[i, 0] = min(hits)[2] + 1
+            ids[i, 1] = 1
+        return ids, (ids > 0).long()
+
+    def text_nodes(self, ids, mask):
+        nodes = F.one_hot(ids[:, :1].clamp(min=1) - 1, self.dim).float().expand(-1, ids.shape[1], -1)
+        return nodes, torch.zeros(len(ids), ids.shape[1] - 1), mask.bool()
+
+    def text_global(self, nodes, prior, node_mask):
+        return F.normalize(nodes[:, 0], dim=-1)
+
+    def encode_text(self, ids, mask):
+        return self.text_global(*self.text_nodes(ids, mask))
+
+
+@dataclasses.dataclass
+class FakeSpec:
+    name: str
+    task: str
+    classes: list
+    domain: str = "chest"
+
+
+def level(name: str) -> int:
+    return int(round(255 * VOCAB.index(name) / (len(VOCAB) - 1)))
+
+
+def write_images(root: Path, labels: list[str], split: str = "test") -> pd.DataFrame:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, name in enumerate(labels):
+        path = f"images/{split}_{i}.png"
+        Image.fromarray(np.full((40, 40), level(name), np.uint8)).save(root / path)
+        rows.append({"image": path, "split": split, "label": name, "patient_id": i, "study_id": i})
+    return pd.DataFrame(rows)
+
+
+def prompts_for(classes):
+    return {c: [f"a chest x-ray image of {c}.", f"findings suggesting {c}."] for c in classes}
+
+
+CFG = EvaluateConfig(batch_size=4, bootstrap=50, seed=0)
+CLASSES = ["atelectasis", "cardiomegaly", "edema", "effusion"]
+
+
+def test_classifier_is_normalised_mean_of_prompt_embeddings():
+    model = FakeModel()
+    prompts = {"edema": ["edema", "cardiomegaly"], "normal": ["normal"]}
+    clf = zeroshot.build_zero_shot_classifier(model, prompts, ["edema", "normal"])
+    expected = F.normalize(model.encode_text(*model.tokenize(prompts["edema"])).mean(0), dim=-1)
+    torch.testing.assert_close(clf[0], expected)
+    torch.testing.assert_close(clf.norm(dim=1), torch.ones(2))
+    tok = zeroshot.build_zero_shot_classifier(model, prompts, ["edema", "normal"], ensemble="token_average")
+    torch.testing.assert_close(tok, clf)  # this fake's text_global reads node 0 only: both ensembles agree
+
+
+def test_token_average_passes_averaged_nodes_through_text_global():
+    model = FakeModel()
+    seen = {}
+    original = model.text_global
+
+    def spy(nodes, prior, node_mask):
+        seen["shape"] = tuple(nodes.shape)
+        return original(nodes, prior, node_mask)
+
+    model.text_global = spy
+    zeroshot.build_zero_shot_classifier(model, {"edema": ["edema", "edema x", "edema y"]}, ["edema"],
+                                        ensemble="token_average")
+    assert seen["shape"] == (1, 6, model.dim)  # one averaged sequence, not three
+
+
+def test_missing_class_names_class_and_file():
+    with pytest.raises(KeyError, match=r"'edema'.*prompts\.json"):
+        zeroshot.build_zero_shot_classifier(FakeModel(), {"normal": ["normal"]}, ["normal", "edema"],
+                                            source="results/prompts.json")
+    with pytest.raises(ValueError, match="ensemble"):
+        zeroshot.build_zero_shot_classifier(FakeModel(), {"normal": ["normal"]}, ["normal"], ensemble="max")
+
+
+def test_multiclass_perfect_model_scores_100_percent(tmp_path):
+    labels = [c for c in CLASSES for _ in range(5)]
+    manifest = write_images(tmp_path, labels)
+    spec = FakeSpec("chexpert5x200", "multiclass", CLASSES)
+    metrics, artifacts = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path, prompts_for(CLASSES),
+                                                     CFG, "cpu")
+    p = "zeroshot/chexpert5x200"
+    assert metrics[f"{p}/n_images"] == 20
+    assert all(type(v) in (int, float) for v in metrics.values())  # plain JSON numbers
+    for name in ("accuracy", "balanced_accuracy", "auroc", "f1"):
+        assert metrics[f"{p}/{name}"] == pytest.approx(1.0)
+        assert metrics[f"{p}/{name}_ci_low"] <= metrics[f"{p}/{name}"] <= metrics[f"{p}/{name}_ci_high"]
+    pred = artifacts["predictions"]
+    assert list(pred["actual"]) == labels and list(pred["predicted"]) == labels
+    np.testing.assert_allclose(pred.filter(like="prob_").sum(axis=1), 1.0)
+    conf = artifacts["confusion"]
+    assert len(conf) == 16 and conf["count"].sum() == 20
+    assert (conf.query("actual == predicted")["count"] == 5).all()
+    assert set(artifacts["roc"]["class"]) == set(CLASSES)
+    # a shuffled manifest gives the same point estimates: predictions follow row order
+    shuffled = manifest.sample(frac=1.0, random_state=0)
+    again, art = zeroshot.evaluate_benchmark(FakeModel(), spec, shuffled, tmp_path, prompts_for(CLASSES), CFG, "cpu")
+    assert {k: v for k, v in again.items() if "_ci_" not in k} == {k: v for k, v in metrics.items() if "_ci_" not in k}
+    assert list(art["predictions"]["actual"]) == list(shuffled["label"])
+
+
+def test_binary_auroc_uses_positive_class(tmp_path):
+    labels = ["normal"] * 6 + ["pneumothorax"] * 4
+    manifest = write_images(tmp_path, labels)
+    spec = FakeSpec("siim", "binary", ["normal", "pneumothorax"])
+    metrics, artifacts = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path,
+                                                     prompts_for(spec.classes), CFG, "cpu")
+    assert metrics["zeroshot/siim/auroc"] == pytest.approx(1.0)
+    assert metrics["zeroshot/siim/accuracy"] == pytest.approx(1.0)
+    assert set(artifacts["roc"]["class"]) == {"pneumothorax"}
+    # the bootstrap can be switched off: no CI keys
+    metrics, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path, prompts_for(spec.classes),
+                                             dataclasses.replace(CFG, bootstrap=0), "cpu")
+    assert "zeroshot/siim/auroc_ci_low" not in metrics
+
+
+def test_multilabel_scores_each_finding_against_no_finding(tmp_path):
+    findings = ["atelectasis", "edema", "effusion"]
+    labels = ["atelectasis", "edema", "effusion", "No Finding"] * 3
+    manifest = write_images(tmp_path, labels)
+    for f in findings:
+        manifest[f] = (manifest["label"] == f).astype(int)
+    manifest = manifest.drop(columns="label")
+    spec = FakeSpec("nih14", "multilabel", findings)
+    metrics, artifacts = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path,
+                                                     prompts_for(findings + ["No Finding"]), CFG, "cpu")
+    assert metrics["zeroshot/nih14/auroc"] == pytest.approx(1.0)
+    assert metrics["zeroshot/nih14/auroc_edema"] == pytest.approx(1.0)
+    assert {"predictions", "roc"} <= set(artifacts)
+
+
+def test_multilabel_with_no_finding_as_a_label(tmp_path):
+    labels = ["edema", "No Finding", "effusion", "No Finding", "edema", "effusion"]
+    manifest = write_images(tmp_path, labels)
+    for f in ("edema", "effusion", "No Finding"):
+        manifest[f] = (manifest["label"] == f).astype(int)
+    spec = FakeSpec("mimic", "multilabel", ["edema", "No Finding", "effusion"])
+    metrics, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest.drop(columns="label"), tmp_path,
+                                             prompts_for(spec.classes), CFG, "cpu")
+    assert metrics["zeroshot/mimic/auroc_no_finding"] == pytest.approx(1.0)
+    assert metrics["zeroshot/mimic/auroc"] == pytest.approx(1.0)
+
+
+def test_clear_errors(tmp_path):
+    spec = FakeSpec("mhist", "multiclass", ["hyperplastic polyp", "sessile serrated adenoma"])
+    with pytest.raises(ValueError, match="mhist.*empty"):
+        zeroshot.evaluate_benchmark(FakeModel(), spec, pd.DataFrame(columns=["image", "label"]), tmp_path, {}, CFG,
+                                    "cpu")
+    manifest = write_images(tmp_path, ["normal", "edema"])
+    with pytest.raises(ValueError, match="not among the benchmark classes"):
+        zeroshot.evaluate_benchmark(FakeModel(), FakeSpec("x", "multiclass", ["normal"]), manifest, tmp_path,
+                                    prompts_for(["normal"]), CFG, "cpu")
+    with pytest.raises(KeyError, match="'edema'"):
+        zeroshot.evaluate_benchmark(FakeModel(), FakeSpec("x", "multiclass", ["normal", "edema"]), manifest,
+                                    tmp_path, prompts_for(["normal"]), CFG, "cpu")
+
+
+# ------------------------------------------------------------------------------ the real tiny model
+
+
+def tiny_model(folder: Path):
+    """The real tiny preset (random towers) with the model tests' small vocabulary written under ``folder``."""
+    from model_support import build_tiny, write_vocab
+
+    return build_tiny(write_vocab(folder / "vocab"))
+
+
+@pytest.mark.parametrize("ensemble", ["mean", "token_average"])
+def test_smoke_real_tiny_model(tmp_path, ensemble):
+    model = tiny_model(tmp_path)
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(9):
+        path = f"images/{i}.png"
+        Image.fromarray(rng.integers(0, 255, (70, 80), dtype=np.uint8)).save(tmp_path / path)
+        rows.append({"image": path, "split": "test", "label": CLASSES[i % 3]})
+    spec = FakeSpec("chexpert5x200", "multiclass", CLASSES[:3])
+    cfg = dataclasses.replace(CFG, ensemble=ensemble)
+    metrics, artifacts = zeroshot.evaluate_benchmark(model, spec, pd.DataFrame(rows), tmp_path,
+                                                     prompts_for(CLASSES[:3]), cfg, "cpu")
+    for name in ("accuracy", "balanced_accuracy", "auroc", "f1"):
+        assert 0.0 <= metrics[f"zeroshot/chexpert5x200/{name}"] <= 1.0
+    probs = artifacts["predictions"].filter(like="prob_").to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+    assert model.training is False
