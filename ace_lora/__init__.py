@@ -1,0 +1,1 @@
+"""ACE-LoRA: LoRA + ACE-HGNN + label-guided InfoNCE adaptation of BiomedCLIP."""
