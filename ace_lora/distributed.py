@@ -98,14 +98,26 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def _all_reduce_scalar(value: float, op) -> torch.Tensor:
+    t = torch.tensor([float(value)], dtype=torch.float64,
+                     device=torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+                     else "cpu")
+    dist.all_reduce(t, op=op)
+    return t
+
+
 def all_reduce_max(value: float) -> float:
     """Largest of the ranks' scalars (identity for a single process)."""
     if not is_dist():
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64,
-                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return float(_all_reduce_scalar(value, dist.ReduceOp.MAX).item())
+
+
+def all_reduce_mean(value: float) -> float:
+    """Mean of the ranks' scalars (identity for a single process); NaN/inf on any rank propagate."""
+    if not is_dist():
+        return value
+    return float(_all_reduce_scalar(value, dist.ReduceOp.SUM).item()) / dist.get_world_size()
 
 
 class _GatherWithGrad(torch.autograd.Function):

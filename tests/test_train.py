@@ -1,0 +1,352 @@
+"""Training loop: schedule, shuffling, checkpoints and exact resume, non-finite loss, model selection.
+
+The loop tests run on the contract fakes of ``tests/train_fakes.py`` (milliseconds per step); the tests at the end
+go through the real tiny model, loss and a tiny prepared manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ace_lora import train as T
+from ace_lora.config import Params, build
+
+import train_fakes
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread (a 2-thread pool mostly waits on a shared CPU); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_params(tmp_path: Path, method: dict | None = None, **train) -> Params:
+    cfg = {"epochs": 3, "batch_size": 8, "lr": 0.01, "warmup_epochs": 1.0, "validation": "mimic", "log_every": 1,
+           "checkpoint_every": 2, "seed": 3}
+    cfg.update(train)
+    return build(Params, {"paths": {"raw": str(tmp_path / "raw"), "processed": str(tmp_path / "processed"),
+                                    "results": str(tmp_path / "results")},
+                          "methods": {"m": method or {}}, "train": cfg})
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    def install(**kw):
+        train_fakes.install(T, patch=monkeypatch.setattr, **kw)
+    install()
+    return install
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_ckpt(out: Path) -> dict:
+    return torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------------------------------ schedule
+
+
+@pytest.mark.parametrize("step, expected", [
+    (0, 1 / 10),          # warm-up start: the first step already moves
+    (4, 5 / 10),
+    (9, 1.0),             # peak at the end of warm-up
+    (10, 1.0),            # cosine starts at 1
+    (60, 0.5),            # cosine midpoint: (110 - 10) / 2 after the warm-up
+    (85, 0.5 * (1 + math.cos(math.pi * 0.75))),
+    (110, 0.0),           # end = 0
+    (200, 0.0),
+])
+def test_lr_factor_known_steps(step, expected):
+    assert T.lr_factor(step, 10, 110) == pytest.approx(expected, abs=1e-12)
+
+
+def test_scheduler_steps_per_optimizer_step():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=2.0)
+    sched = T.build_scheduler(opt, warmup_steps=4, total_steps=12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[3] == pytest.approx(2.0) and lrs[4] == pytest.approx(2.0)
+    assert lrs[8] == pytest.approx(1.0)  # midpoint of the 8 cosine steps
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+
+
+def test_plan_schedule(tmp_path):
+    cfg = make_params(tmp_path, epochs=5, batch_size=4, grad_accum=2, warmup_epochs=0.5).train
+    s = T.plan_schedule(cfg, n_pairs=70, world_size=2)  # 35 per rank -> 8 batches -> 4 steps per epoch
+    assert (s.steps_per_epoch, s.total_steps, s.warmup_steps, s.batches_per_epoch) == (4, 20, 2, 8)
+    capped = make_params(tmp_path, epochs=5, batch_size=4, max_steps=7).train
+    assert T.plan_schedule(capped, 70, 1).total_steps == 7
+    with pytest.raises(ValueError, match="no full step"):
+        T.plan_schedule(make_params(tmp_path, batch_size=64).train, 70, 2)
+
+
+# ------------------------------------------------------------------------------------------- sampler
+
+
+def _order(n, replicas, rank, seed, epoch, start=0):
+    s = T.ResumableSampler(range(n), replicas, rank, seed)
+    s.set_epoch(epoch)
+    s.set_start(start)
+    return list(s)
+
+
+def test_shuffle_differs_between_epochs_and_repeats_for_seed():
+    assert _order(50, 1, 0, 1, 0) != _order(50, 1, 0, 1, 1)
+    assert _order(50, 1, 0, 1, 3) == _order(50, 1, 0, 1, 3)
+    assert _order(50, 1, 0, 1, 0) != _order(50, 1, 0, 2, 0)
+    assert sorted(_order(50, 1, 0, 1, 0)) == list(range(50))
+
+
+def test_ranks_cover_the_single_process_global_batches():
+    n, b = 40, 4  # per-process batch b on 2 ranks == batch 2b on one process
+    single = _order(n, 1, 0, 7, 2)
+    r0, r1 = _order(n, 2, 0, 7, 2), _order(n, 2, 1, 7, 2)
+    for k in range(n // (2 * b)):
+        assert sorted(r0[k * b:(k + 1) * b] + r1[k * b:(k + 1) * b]) == sorted(single[2 * b * k:2 * b * (k + 1)])
+
+
+def test_sampler_start_skips_consumed_indices():
+    full = _order(30, 1, 0, 5, 1)
+    assert _order(30, 1, 0, 5, 1, start=12) == full[12:]
+    s = T.ResumableSampler(range(30), 1, 0, 5)
+    s.set_start(12)
+    assert len(s) == 18
+
+
+# ------------------------------------------------------------------------------------------- RNG
+
+
+def test_rng_round_trip_through_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    T.seed_everything(11)
+    state = T.capture_rng()
+    torch.save({"rng": [state]}, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    T.restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"][0])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+# ------------------------------------------------------------------------------------------- loop
+
+
+def test_train_writes_outputs_and_selects_on_validation(tmp_path, fakes):
+    out = tmp_path / "run"
+    adapter = T.train(make_params(tmp_path), "m", out)
+    assert adapter == out / "adapter" and (adapter / "adapter.pt").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 18 and metrics["epochs"] == 3 and metrics["val_metric"] == "val/fake/pair_auroc"
+    assert metrics["val_best"] > metrics["val_initial"]
+    log = read_csv(out / "log.csv")
+    assert [int(r["step"]) for r in log] == list(range(1, 19))
+    assert list(log[0]) == list(T.LOG_FIELDS)
+    assert float(log[-1]["lr"]) > 0 and all(float(r["pairs_per_s"]) > 0 for r in log)
+    val = read_csv(out / "log_val.csv")
+    assert [int(r["step"]) for r in val] == [0, 6, 12, 18]
+    best = max(val[1:], key=lambda r: float(r["val_metric"]))
+    assert metrics["best_step"] == int(best["step"])
+    saved = torch.load(adapter / "adapter.pt", weights_only=True)
+    assert saved["extra"]["step"] == metrics["best_step"]
+    ckpt = load_ckpt(out)
+    assert set(ckpt) >= {"trainable", "optimizer", "scheduler", "scaler", "rng", "state"}
+    assert ckpt["state"]["step"] == 18 and ckpt["state"]["epoch"] == 3 and ckpt["state"]["batch_in_epoch"] == 0
+    assert set(ckpt["trainable"]) == {"lora_a_image", "lora_b_image", "lora_a_text", "lora_b_text", "hgnn_mix",
+                                      "logit_scale"}
+
+
+def test_only_trainable_parameters_change(tmp_path, fakes):
+    out = tmp_path / "run"
+    T.train(make_params(tmp_path, epochs=1), "m", out)
+    weights = load_ckpt(out)["trainable"]
+    fresh = train_fakes.FakeModel()
+    assert not torch.equal(weights["lora_b_image"], fresh.lora_b_image)  # B left zero
+    assert weights["logit_scale"] != fresh.logit_scale
+
+
+@pytest.mark.parametrize("stop_after", [4, 6, 8])  # mid-epoch, epoch end, mid-epoch of the 2nd epoch
+def test_resume_equals_uninterrupted(tmp_path, fakes, stop_after):
+    fakes(dropout=0.2)  # the dropout stream must continue exactly too
+    params = make_params(tmp_path, epochs=2, grad_accum=1)
+    T.train(params, "m", tmp_path / "full")
+    T.train(params, "m", tmp_path / "split", stop_after=stop_after)
+    assert load_ckpt(tmp_path / "split")["state"]["step"] == stop_after
+    assert not (tmp_path / "split" / "metrics.json").exists()
+    T.train(params, "m", tmp_path / "split", resume=True)
+    a, b = load_ckpt(tmp_path / "full"), load_ckpt(tmp_path / "split")
+    for name in a["trainable"]:
+        torch.testing.assert_close(b["trainable"][name], a["trainable"][name], rtol=0, atol=1e-6)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 12
+    la, lb = read_csv(tmp_path / "full" / "log.csv"), read_csv(tmp_path / "split" / "log.csv")
+    assert [(r["step"], r["loss"], r["lr"]) for r in la] == [(r["step"], r["loss"], r["lr"]) for r in lb]
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "split"))
+    assert (ma["best_step"], ma["val_best"]) == (mb["best_step"], mb["val_best"])
+
+
+def test_resume_restores_adapter_deleted_by_pipeline(tmp_path, fakes):
+    params = make_params(tmp_path, epochs=2)
+    out, ckpts = tmp_path / "train" / "m", tmp_path / "checkpoints" / "m"
+    T.train(params, "m", out, checkpoint_dir=ckpts, stop_after=9)
+    import shutil
+    shutil.rmtree(out)  # DVC / Snakemake remove a stage's outputs before re-running it
+    T.train(params, "m", out, resume=True, checkpoint_dir=ckpts, log_path=tmp_path / "plots" / "m.csv",
+            metrics_path=tmp_path / "metrics" / "m.json")
+    assert (out / "adapter" / "adapter.pt").is_file() and (tmp_path / "metrics" / "m.json").is_file()
+    assert (tmp_path / "plots" / "m_val.csv").is_file()
+    best = torch.load(ckpts / "best.pt", weights_only=True)
+    saved = torch.load(out / "adapter" / "adapter.pt", weights_only=True)["weights"]
+    assert all(torch.equal(best[k], saved[k]) for k in best)
+
+
+def test_resume_with_other_layout_fails(tmp_path, fakes):
+    T.train(make_params(tmp_path), "m", tmp_path / "run", stop_after=3)
+    with pytest.raises(ValueError, match="same layout"):
+        T.train(make_params(tmp_path, batch_size=4), "m", tmp_path / "run", resume=True)
+
+
+def test_grad_accum_and_clip_run(tmp_path, fakes):
+    out = tmp_path / "run"
+    T.train(make_params(tmp_path, epochs=1, batch_size=4, grad_accum=3, grad_clip=0.5), "m", out)
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 4  # 48 // 4 // 3
+
+
+def test_bf16_autocast_on_cpu_when_asked(tmp_path, fakes):
+    out = tmp_path / "run"
+    T.train(make_params(tmp_path, epochs=1, precision="bf16"), "m", out)
+    assert math.isfinite(json.loads((out / "metrics.json").read_text())["final_loss"])
+    assert T._use_bf16("auto", torch.device("cpu")) is False and T._use_bf16("auto", torch.device("cuda")) is True
+    assert T._use_bf16("fp32", torch.device("cuda")) is False
+
+
+def test_non_finite_loss_stops_with_clear_error(tmp_path, fakes, monkeypatch):
+    calls = {"n": 0}
+    original = train_fakes.FakeLoss.forward
+
+    def flaky(self, *args):
+        calls["n"] += 1
+        out = original(self, *args)
+        return {"loss": out["loss"] * float("nan")} if calls["n"] == 5 else out
+
+    monkeypatch.setattr(train_fakes.FakeLoss, "forward", flaky)
+    out = tmp_path / "run"
+    with pytest.raises(T.NonFiniteLossError, match=r"non-finite loss nan at step 5"):
+        T.train(make_params(tmp_path, checkpoint_every=2), "m", out)
+    ckpt = load_ckpt(out)
+    assert ckpt["state"]["step"] == 4  # the last good checkpoint survives
+    assert all(torch.isfinite(v).all() for v in ckpt["trainable"].values())
+
+
+# ------------------------------------------------------------------------- real tiny model and data
+
+
+def prepare_tiny_data(base: Path, n_train: int = 32, n_per_class: int = 8) -> Path:
+    """Synthetic MIMIC pairs + NIH validation images, prepared as the pipeline does, and the demo tokenizer."""
+    from ace_lora.config import DataConfig, DemoConfig
+    from ace_lora.data import prepare_dataset
+    from ace_lora.data.fixtures import write_fixture, write_tokenizer
+
+    demo = DemoConfig(n_train=n_train, n_per_class=n_per_class)
+    for name in ("mimic", "nih14"):
+        write_fixture(name, base / "raw" / name, demo)
+        prepare_dataset(name, base / "raw", base / "processed" / name, DataConfig(demo=demo), workers=1)
+    write_tokenizer(base / "tokenizer")
+    return base
+
+
+def real_params(base: Path, lora: dict | None = None, methods: dict | None = None, **train) -> Params:
+    cfg = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 0.5, "validation": "nih14", "log_every": 1,
+           "checkpoint_every": 2, "seed": 1}
+    cfg.update(train)
+    return build(Params, {
+        "paths": {"raw": str(base / "raw"), "processed": str(base / "processed"), "results": str(base / "results")},
+        "model": {"preset": "tiny", "tokenizer": str(base / "tokenizer"),
+                  "lora": {"alpha": 8.0, "dropout": 0.1, **(lora or {})}},
+        "evaluate": {"batch_size": 32},
+        "methods": methods or {"ace": {}}, "train": cfg})
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return prepare_tiny_data(tmp_path_factory.mktemp("tiny"))
+
+
+def test_real_resume_equals_uninterrupted(tiny_data, tmp_path):
+    """Real tiny model (LoRA dropout 0.1), real loss, prepared images: 8 steps == 3 steps + resume."""
+    params = real_params(tiny_data, validate_every=2)  # validations: untrained, end (cheaper)
+    T.train(params, "ace", tmp_path / "full")
+    T.train(params, "ace", tmp_path / "split", stop_after=3)
+    T.train(params, "ace", tmp_path / "split", resume=True)
+    a, b = load_ckpt(tmp_path / "full"), load_ckpt(tmp_path / "split")
+    assert a["state"]["step"] == b["state"]["step"] == 8
+    names = set(a["trainable"])
+    assert any("lora_" in n for n in names) and any("hgnn" in n for n in names) and "logit_scale" in names
+    for name in names:
+        torch.testing.assert_close(b["trainable"][name], a["trainable"][name], rtol=0, atol=1e-6)
+    from ace_lora.models import build_model, load_adapter
+    from ace_lora.config import resolve_method
+
+    model = load_adapter(tmp_path / "full" / "adapter")
+    meta = json.loads((tmp_path / "full" / "adapter" / "adapter.json").read_text())
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert meta["extra"]["step"] == metrics["best_step"] and metrics["val_metric"] == "zeroshot/nih14/auroc"
+    untrained = build_model(*resolve_method(params, "ace")[1:])
+    assert not torch.equal(model.logit_scale, untrained.logit_scale)
+
+
+def test_real_export_untrained_and_supplied_adapter(tiny_data, tmp_path):
+    from ace_lora.models import build_model, load_adapter
+    from ace_lora.config import resolve_method
+
+    params = real_params(tiny_data, methods={"base": {"train": False},
+                                             "copy": {"train": False, "adapter": str(tmp_path / "base" / "adapter")}})
+    T.train(params, "base", tmp_path / "base")
+    T.train(params, "copy", tmp_path / "copy")
+    untrained = build_model(*resolve_method(params, "base")[1:]).adapter_state_dict()
+    for d in ("base", "copy"):
+        loaded = load_adapter(tmp_path / d / "adapter").adapter_state_dict()
+        assert set(loaded) == set(untrained) and all(torch.equal(loaded[k], untrained[k]) for k in loaded)
+        assert json.loads((tmp_path / d / "metrics.json").read_text())["trained"] is False
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        T.train(real_params(tiny_data, methods={"x": {"train": False, "adapter": str(tmp_path / "nope")}}), "x",
+                tmp_path / "x")
+
+
+def test_real_missing_training_data_fails_early(tiny_data, tmp_path):
+    import dataclasses
+
+    params = real_params(tiny_data)
+    params = dataclasses.replace(params, paths=dataclasses.replace(params.paths, processed=str(tmp_path / "none")))
+    with pytest.raises(FileNotFoundError, match="prepare mimic"):
+        T.train(params, "ace", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_demo_training_raises_validation_metric(tmp_path):
+    """SPEC §8: on the demo-like data a short run beats the untrained model on the validation benchmark."""
+    base = prepare_tiny_data(tmp_path / "demo", n_train=2000, n_per_class=60)
+    params = real_params(base, lora={"dropout": 0.0}, batch_size=64, epochs=10, max_steps=300, warmup_epochs=0.5,
+                         validate_every=100, checkpoint_every=1000, log_every=50)
+    T.train(params, "ace", tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["val_best"] > metrics["val_initial"] + 0.05, metrics
