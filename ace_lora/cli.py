@@ -34,6 +34,7 @@ def stage_paths(params: Params, method: str | None = None, dataset: str | None =
         out["checkpoints"] = results / "checkpoints" / method
         out["train_metrics"] = results / "metrics" / "train" / f"{method}.json"
         out["train_log"] = results / "plots" / "train" / f"{method}.csv"
+        out["train_val_log"] = results / "plots" / "train" / f"{method}_val.csv"  # written beside train_log
     if method and dataset:
         out["evaluate"] = results / "evaluate" / method / dataset
         out["metrics"] = results / "metrics" / "evaluate" / method / f"{dataset}.json"

@@ -52,6 +52,17 @@ class LoraConfig:
     init: str = param("independent", "independent: own random A per layer. shared: the reference quirk "
                       "(RNG reseeded per layer, identical A in every layer).", choices=("independent", "shared"))
 
+    def __post_init__(self) -> None:
+        for name in ("targets", "towers"):
+            values = list(getattr(self, name))
+            if self.enabled and not values:
+                raise ParamsError(f"lora.{name}: empty while lora.enabled is true (set enabled: false instead)")
+            if len(set(values)) != len(values):
+                raise ParamsError(f"lora.{name}: duplicate entries {values}")
+        if self.layers is not None and any(not isinstance(i, int) or isinstance(i, bool) or i < 0
+                                           for i in self.layers):
+            raise ParamsError(f"lora.layers: expected non-negative layer indices, got {self.layers}")
+
 
 @dataclass(frozen=True)
 class HgnnConfig:
@@ -126,6 +137,9 @@ class DataConfig:
                               "in prepare_report.json.", choices=("error", "skip"))
     split_seed: int = param(0, "Seed of every protocol split (RSNA, SIIM, CheXpert 5x200 sampling).")
     demo: DemoConfig = param(DemoConfig(), "Synthetic demo data settings.")
+    urls: dict = param({}, "source real: download URLs overriding the defaults, per key: lc25000 (a mirror of "
+                       "LC25000.zip), mimic (MIMIC-CXR-JPG base URL), mimic_reports (mimic-cxr-reports.zip).")
+    sha256: dict = param({}, "source real: expected sha256 of downloaded archives, per key of data.urls.")
 
 
 @dataclass(frozen=True)
@@ -180,6 +194,11 @@ class EvaluateConfig:
                                       "(quantiles of the validation maps) searched on the validation split.",
                                       minimum=2)
     overlays: int = param(4, "Zero-shot grounding: PNG overlays written per benchmark (0: none).", minimum=0)
+    dataeff_fractions: list = param([0.01, 0.1, 1.0], "Data-efficient segmentation/detection: fractions of the "
+                                    "train split (seeded) that train a linear patch head on the frozen encoder; "
+                                    "[] = zero-shot grounding only.")
+    dataeff_steps: int = param(300, "Data-efficient head: AdamW steps.", minimum=1)
+    dataeff_lr: float = param(0.01, "Data-efficient head: learning rate.", minimum=0)
 
 
 # -------------------------------------------------------------------------------------------- params

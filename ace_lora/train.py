@@ -425,6 +425,8 @@ def _export_adapter(method_cfg, model_cfg, loss_cfg, method: str, paths: TrainPa
             raise FileNotFoundError(f"methods.{method}.adapter: {source} does not exist")
         atomic_write_text(paths.metrics_path, json.dumps(
             {"trained": False, "steps": 0, "source": source}, indent=2) + "\n")
+        CsvLog(paths.log_path, LOG_FIELDS, True, None)  # empty logs: every method has the same outputs
+        CsvLog(paths.val_log_path, VAL_FIELDS, True, None)
     D.barrier()
     return adapter_dir
 

@@ -221,19 +221,14 @@ def build_from_official_checkpoint(checkpoint: str | Path, model_cfg: ModelConfi
     return model
 
 
-def import_official_checkpoint(checkpoint: str | Path, out_dir: str | Path | ModelConfig,
-                               loss_cfg: LossConfig | None = None, *, preset: str = "biomedclip",
-                               model_cfg: ModelConfig | None = None) -> Path | AceLoraModel:
+def import_official_checkpoint(checkpoint: str | Path, out_dir: str | Path, loss_cfg: LossConfig | None = None, *,
+                               preset: str = "biomedclip", model_cfg: ModelConfig | None = None) -> Path:
     """Convert an official ``ACE_LoRA.pt`` into an adapter folder (``adapter.safetensors`` + ``adapter.json``).
 
     The towers are not needed for the conversion, so no base weights are read; the written ``adapter.json`` keeps
     ``model_cfg.checkpoint`` (default for biomedclip: the BiomedCLIP hub id) so that :func:`load_adapter` later loads
     the towers (``load_adapter(dir, model_cfg=...)`` points it at a local copy). Returns ``out_dir``.
-    Compatibility form: ``import_official_checkpoint(checkpoint, model_cfg, loss_cfg)`` (a ModelConfig in second
-    place) returns the loaded model, as :func:`build_from_official_checkpoint` does.
     """
-    if isinstance(out_dir, ModelConfig):
-        return build_from_official_checkpoint(checkpoint, out_dir, loss_cfg)
     if model_cfg is None:  # the official adapter belongs to BiomedCLIP: record where its towers come from
         model_cfg = ModelConfig(preset=preset, checkpoint=BIOMEDCLIP_HUB_ID if preset == "biomedclip" else None)
     cfg = model_cfg if model_cfg.preset == preset else dataclasses.replace(model_cfg, preset=preset)

@@ -8,6 +8,7 @@ rule train:
         trained=directory(f"{RESULTS}/train/{{method}}"),
         metrics=f"{RESULTS}/metrics/train/{{method}}.json",
         log=f"{RESULTS}/plots/train/{{method}}.csv",
+        val_log=f"{RESULTS}/plots/train/{{method}}_val.csv",
     params:
         **stage_params("train"),
     wildcard_constraints:
