@@ -293,8 +293,8 @@ def _open_clip_model(preset_name: str, folder):
         text_cfg=dict(hf_model_name=str(bert_dir), hf_model_pretrained=False, hf_proj_type="mlp",
                       hf_pooler_type="cls_last_hidden_state_pooler", context_length=preset.context_length),
     )
-    if preset.text_proj_hidden != (preset.text_width + preset.embed_dim) // 2:
-        pytest.skip("open_clip's MLP width differs from the preset's")
+    assert preset.text_proj_hidden == (preset.text_width + preset.embed_dim) // 2, \
+        "open_clip's text MLP width (mean of in and out) must equal the preset's for this oracle"
     return model.eval()
 
 
@@ -350,11 +350,10 @@ def test_tokenizer_from_a_vocab_file(vocab):
         load_tokenizer(vocab.parent)  # a folder without vocab.txt
 
 
-def test_default_tiny_vocabulary_when_shipped():
+def test_default_tiny_vocabulary_is_shipped():
     from ace_lora.models.ace_lora import TINY_VOCAB
 
-    if not TINY_VOCAB.is_file():
-        pytest.skip("ace_lora/assets/tiny_vocab.txt not written yet")
+    assert TINY_VOCAB.is_file(), "the tiny preset's vocabulary ships with the package"
     model = build_model(ModelConfig(preset="tiny"))
     ids, mask = model.tokenize(["no acute findings ."])
     assert ids.shape == (1, 40) and ids[0, 0] == model.tokenizer.cls_token_id and mask.sum() >= 3

@@ -382,7 +382,7 @@ def test_prepare_gzip_nih_table(tmp_path):
 
 @pytest.mark.parametrize("name", list(RAW))
 def test_prepare_demo_fixture(tmp_path, name):
-    fixtures = pytest.importorskip("ace_lora.data.fixtures")
+    from ace_lora.data import fixtures
     from ace_lora.config import DemoConfig
 
     demo = DemoConfig(seed=1, n_train=12, n_per_class=4, image_size=32)

@@ -12,7 +12,9 @@ rule evaluate:
     wildcard_constraints:
         method="|".join(METHODS),
         dataset="|".join(DATASETS),
-    threads: 64  # Snakemake caps it at --cores; training and evaluation use every core they get
+    # One thread per job (Snakemake exports it as OMP_NUM_THREADS), so evaluations run side by side; on a big CPU
+    # machine raise it with --set-threads evaluate=N (the SLURM profile does).
+    threads: 1
     resources:
         mem_mb=8000,
     benchmark:

@@ -14,7 +14,7 @@ rule train:
     wildcard_constraints:
         method="|".join(METHODS),
     # Training uses every core it is given; on a cluster the profile asks for GPUs (workflow/profiles/slurm).
-    threads: 64  # Snakemake caps it at --cores; training and evaluation use every core they get
+    threads: 64  # Snakemake caps it at --cores: training uses every core it gets
     resources:
         mem_mb=16000,
         gpu=0,
