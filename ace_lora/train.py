@@ -313,6 +313,7 @@ class CsvLog:
         self.path, self.fields, self.enabled = path, fields, enabled
         if not enabled:
             return
+        path.parent.mkdir(parents=True, exist_ok=True)
         rows = []
         if keep_until is not None and path.is_file():
             with path.open(newline="") as f:
