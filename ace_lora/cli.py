@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params) if args.needs_params else None
         args.func(args, params)
-    except (ParamsError, FileNotFoundError, ValueError, KeyError) as err:
+    # Bad input, missing data, invalid parameters, a diverging run: one line naming the problem (--debug: traceback).
+    except (ParamsError, OSError, ValueError, KeyError, RuntimeError, ArithmeticError) as err:
         if args.debug:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

@@ -30,7 +30,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -45,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ace_lora import distributed as D
 from ace_lora.config import LossConfig, ModelConfig, Params, TrainConfig, resolve_method
-from ace_lora.io import atomic_dir, atomic_write_text
+from ace_lora.io import atomic_dir, atomic_write, atomic_write_text
 
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "logit_scale", "grad_norm", "pairs_per_s")
 VAL_FIELDS = ("step", "epoch", "val_metric")
@@ -163,13 +162,6 @@ def restore_rng(rng: dict) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = rng["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -479,7 +471,7 @@ class _Trainer:
             rngs = [capture_rng()]
         if not self.env.is_main:
             return
-        _atomic_torch_save({
+        checkpoint = {
             "format": 1,
             "method": self.method,
             "world_size": self.env.world_size,
@@ -490,7 +482,8 @@ class _Trainer:
             "scaler": None,  # bf16 autocast needs no loss scaling; fp16 is not offered
             "rng": rngs,
             "state": self.state.as_dict(),
-        }, self.ckpt_path)
+        }
+        atomic_write(self.ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
 
     def _load_checkpoint(self) -> None:
         ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
@@ -521,7 +514,8 @@ class _Trainer:
                 s.initial_metric = value
             elif s.best_metric is None or value > s.best_metric:
                 s.best_metric, s.best_epoch, s.best_step = value, s.epoch, s.step
-                _atomic_torch_save(trainable_state(self.model), self.paths.best)
+                best = trainable_state(self.model)
+                atomic_write(self.paths.best, lambda tmp: torch.save(best, tmp))
                 self._write_adapter()
         s.last_validated_step = s.step
         D.barrier()

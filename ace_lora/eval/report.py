@@ -8,15 +8,13 @@ and protocol, in percent, as ``value [low, high]``, with the paper's reported va
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from ace_lora.io import atomic_write_text
+from ace_lora.io import atomic_write, atomic_write_text
 
 __all__ = ["HEADLINE_METRICS", "PAPER_RESULTS", "PROTOCOLS", "collect_metrics", "headline_table", "write_report",
            "write_plot_csvs", "save_segmentation_overlay", "save_detection_overlay"]
@@ -206,16 +204,10 @@ def write_plot_csvs(artifacts: dict[str, pd.DataFrame], out_dir: str | Path, pre
 def _save_figure(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight"))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def _figure(image: np.ndarray, heatmap: np.ndarray, title: str):

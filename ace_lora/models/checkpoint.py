@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ace_lora.config import LossConfig, ModelConfig, ParamsError, build, to_dict
+from ace_lora.io import atomic_write, atomic_write_text
 from ace_lora.models.ace_lora import AceLoraModel, build_model
 from ace_lora.models.lora import LoraLinear
 from ace_lora.models.presets import BIOMEDCLIP_HUB_ID, DEFAULT_LOG_LOGIT_SCALE
@@ -48,20 +47,9 @@ def save_adapter(model: AceLoraModel, out_dir: str | Path, extra: dict | None = 
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
         "extra": extra or {},
     }
-    _atomic_write(out / ADAPTER_WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
-    _atomic_write(out / ADAPTER_CONFIG, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(out / ADAPTER_WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    atomic_write_text(out / ADAPTER_CONFIG, json.dumps(meta, indent=2) + "\n")
     return out
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_adapter_config(adapter_dir: str | Path) -> tuple[ModelConfig, LossConfig, dict]:
