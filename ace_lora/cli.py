@@ -41,14 +41,6 @@ def stage_paths(params: Params, method: str | None = None, dataset: str | None =
     return out
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 # ------------------------------------------------------------------------------------------------ stages
 
 
@@ -104,12 +96,14 @@ def cmd_train(args: argparse.Namespace, params: Params) -> None:
 
 def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
     from ace_lora.data.benchmarks import benchmarks_of, load_benchmark
+    from ace_lora.distributed import choose_device
+    from ace_lora.eval.report import write_plot_csvs
     from ace_lora.eval.zeroshot import evaluate_benchmark
     from ace_lora.models import load_adapter
     from ace_lora.prompts import read_prompts
 
     paths = stage_paths(params, method=args.method, dataset=args.dataset)
-    device = _device(args.device)
+    device = choose_device(args.device)
     model = load_adapter(paths["adapter"], device=device)
     metrics: dict = {}
     with atomic_dir(paths["evaluate"]) as out:
@@ -120,8 +114,7 @@ def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
                                                    params.evaluate, device, source=paths["prompts"],
                                                    overlay_dir=out)
             metrics.update(values)
-            for kind, frame in artifacts.items():
-                frame.to_csv(out / f"{name}_{kind}.csv", index=False)
+            write_plot_csvs(artifacts, out, prefix=f"{name}_")
     atomic_write_json(paths["metrics"], metrics)
 
 
@@ -187,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "Evaluate one method on every benchmark of one data set.")
     p.add_argument("method")
     p.add_argument("dataset", choices=DATASETS)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when present")
     add("report", cmd_report, "Build results/benchmarks.md and .csv from the metrics files.")
     p = add("describe-model", cmd_describe_model, "Print the trainable-parameter breakdown of a preset.", False)
     p.add_argument("--preset", default="biomedclip", choices=("tiny", "biomedclip"))
