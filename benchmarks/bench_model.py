@@ -62,30 +62,42 @@ def _batch(model, batch: int, context: int, fill: float, device: torch.device, s
     return images.to(device), ids.to(device), mask.to(device), labels.to(device)
 
 
+def _timed(step, device: torch.device, steps: int, warmup: int) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``step()`` after ``warmup`` untimed ones (device synchronised)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def bench_train_step(model, loss_fn, batch: int, context: int, fill: float, device: torch.device,
                      autocast, steps: int, warmup: int) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     images, ids, mask, labels = _batch(model, batch, context, fill, device)
     model.train()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for i in range(warmup + steps):
-        _sync(device)
-        t0 = time.perf_counter()
+    losses = []
+
+    def step():
         with autocast():
             img, txt = model(images, ids, mask)
         loss = loss_fn(img.float(), txt.float(), model.logit_scale, labels)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+        losses.append(float(loss.detach()))
+
+    times = _timed(step, device, steps, warmup)
     return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times,
             "samples_per_s": batch / statistics.median(times), "peak_mem_mib": _peak_mib(device),
-            "loss": float(loss.detach())}
+            "loss": losses[-1]}
 
 
 @torch.no_grad()
@@ -93,18 +105,12 @@ def bench_image_embedding(model, batch: int, device: torch.device, autocast, ste
     p = model.preset
     images = torch.randn(batch, 3, p.image_size, p.image_size, device=device)
     model.eval()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for i in range(warmup + steps):
-        _sync(device)
-        t0 = time.perf_counter()
+
+    def step():
         with autocast():
             model.encode_image(images)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+
+    med = statistics.median(_timed(step, device, steps, warmup))
     return {"batch": batch, "median_s": med, "images_per_s": batch / med, "peak_mem_mib": _peak_mib(device)}
 
 

@@ -80,6 +80,14 @@ class _Issues:
             raise err
         self.skipped.append({"file": err.path, "row": err.row, "reason": err.reason})
 
+    def lookup(self, files: dict[str, Path], key: str, table: Path, row: int | None, raw_dir: Path,
+               what: str = "image", shown: str | None = None) -> Path | None:
+        """The file a table row names; ``None``, reported as bad input naming the table and row, when it is absent."""
+        path = files.get(key)
+        if path is None:
+            self(BadInputError(table, f"{what} {shown or key} not found under {raw_dir}", row))
+        return path
+
 
 # ------------------------------------------------------------------------------------------ finding files
 
@@ -164,13 +172,11 @@ def _collect_mimic(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict)
             issues(BadInputError(tables["metadata"], f"dicom_id {rec.dicom_id} has no official split "
                                  f"(got {rec.split!r} in {tables['split'].name})", row))
             continue
-        source = files.get(f"{rec.dicom_id}.jpg")
+        source = issues.lookup(files, f"{rec.dicom_id}.jpg", tables["metadata"], row, raw_dir)
         if source is None:
-            issues(BadInputError(tables["metadata"], f"image {rec.dicom_id}.jpg not found under {raw_dir}", row))
             continue
-        report = files.get(f"s{rec.study_id}.txt")
+        report = issues.lookup(files, f"s{rec.study_id}.txt", tables["metadata"], row, raw_dir, what="report")
         if report is None:
-            issues(BadInputError(tables["metadata"], f"report s{rec.study_id}.txt not found under {raw_dir}", row))
             continue
         if report not in texts:  # one report per study, shared by its images
             try:
@@ -212,9 +218,8 @@ def _collect_nih14(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict)
         if name not in table.index:
             issues(BadInputError(test_path, f"image {name} is not in {table_path.name}", line))
             continue
-        source = images.get(name)
+        source = issues.lookup(images, name, test_path, line, raw_dir)
         if source is None:
-            issues(BadInputError(test_path, f"image {name} not found under {raw_dir}", line))
             continue
         rec = table.loc[name]
         items.append(_Item(source, f"images/{Path(name).stem}.png",
@@ -259,10 +264,9 @@ def _collect_rsna(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict) 
         first_row.setdefault(pid.strip(), i)
     items = []
     for rec in patients.itertuples(index=False):
-        source = images.get(rec.patientId)
+        source = issues.lookup(images, rec.patientId, table_path, first_row.get(rec.patientId), raw_dir,
+                               shown=f"{rec.patientId}.dcm")
         if source is None:
-            issues(BadInputError(table_path, f"image {rec.patientId}.dcm not found under {raw_dir}",
-                                 first_row.get(rec.patientId)))
             continue
         items.append(_Item(source, f"images/{rec.patientId}.png",
                            {"patient_id": rec.patientId, "study_id": rec.patientId,
@@ -280,9 +284,8 @@ def _collect_siim(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict) 
                   "dicoms_without_label_row": int(len(set(images) - set(table["ImageId"])))})
     items = []
     for rec in table.itertuples(index=False):
-        source = images.get(rec.ImageId)
+        source = issues.lookup(images, rec.ImageId, table_path, rec.rows[0], raw_dir, shown=f"{rec.ImageId}.dcm")
         if source is None:
-            issues(BadInputError(table_path, f"image {rec.ImageId}.dcm not found under {raw_dir}", rec.rows[0]))
             continue
         items.append(_Item(source, f"images/{rec.ImageId}.png", {"label": rec.label}, rles=list(rec.rles),
                            rle_source=str(table_path), rle_rows=list(rec.rle_rows), header_ids=True))
@@ -304,9 +307,8 @@ def _collect_mhist(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict)
         if part not in ("train", "test"):
             issues(BadInputError(table_path, f"Partition must be train or test, got {part!r}", line))
             continue
-        source = images.get(name)
+        source = issues.lookup(images, name, table_path, line, raw_dir)
         if source is None:
-            issues(BadInputError(table_path, f"image {name} not found under {raw_dir}", line))
             continue
         stem = Path(name).stem
         items.append(_Item(source, f"images/{stem}.png", {"split": part, "patient_id": stem, "study_id": stem,
