@@ -162,7 +162,9 @@ class TrainConfig:
     warmup_epochs: float = param(1.0, "Linear warm-up length in epochs, then cosine to 0 (per step).", minimum=0)
     grad_clip: float | None = param(None, "Clip the gradient norm to this value (null: off).")
     grad_accum: int = param(1, "Gradient accumulation steps.", minimum=1)
-    precision: str = param("auto", "auto: bf16 autocast on CUDA, fp32 on CPU.", choices=("auto", "fp32", "bf16"))
+    precision: str = param("auto", "auto: bf16 autocast on CUDA, fp32 on CPU. bf16 also pays on a CPU with AMX "
+                           "(Intel Sapphire Rapids or later): about 2x the fp32 paper-size training step.",
+                           choices=("auto", "fp32", "bf16"))
     device: str = param("auto", "auto: cuda:LOCAL_RANK when CUDA is available, else CPU.",
                         choices=("auto", "cpu", "cuda"))
     num_workers: int = param(0, "DataLoader worker processes.", minimum=0)
@@ -190,6 +192,9 @@ class EvaluateConfig:
     bootstrap: int = param(1000, "Bootstrap resamples for the 95 % confidence intervals.", minimum=0)
     seed: int = param(0, "Bootstrap seed.")
     num_workers: int = param(0, "DataLoader worker processes.", minimum=0)
+    precision: str = param("auto", "auto: bf16 autocast on CUDA, fp32 on CPU. bf16 also pays on a CPU with AMX "
+                           "(Intel Sapphire Rapids or later): about 2x the fp32 paper-size image throughput.",
+                           choices=("auto", "fp32", "bf16"))
     grounding_thresholds: int = param(50, "Zero-shot grounding: candidate thresholds of the similarity map "
                                       "(quantiles of the validation maps) searched on the validation split.",
                                       minimum=2)

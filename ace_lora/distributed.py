@@ -8,6 +8,7 @@ then joins the process group (NCCL on CUDA, Gloo on CPU). Without them everythin
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,19 @@ def choose_device(preference: str = "auto", local_rank: int = 0) -> torch.device
     if not torch.cuda.is_available():
         raise RuntimeError("device: cuda requested but CUDA is not available")
     return torch.device("cuda", local_rank)
+
+
+def use_bf16(precision: str, device: torch.device | str) -> bool:
+    """``precision`` (auto | fp32 | bf16) on ``device``: auto means bf16 on CUDA, fp32 on CPU."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision: {precision!r} is not one of auto, fp32, bf16")
+    return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
+
+
+def autocast(device: torch.device | str, precision: str):
+    """bf16 autocast on ``device`` when :func:`use_bf16` says so, else a no-op context."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(precision, device) else nullcontext()
 
 
 def init_distributed(device: str = "auto") -> DistEnv:

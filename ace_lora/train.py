@@ -252,10 +252,6 @@ def build_components(model_cfg: ModelConfig, loss_cfg: LossConfig) -> tuple[nn.M
 Validator = Callable[[nn.Module], float]
 
 
-def _autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
 def make_validator(params: Params, model: nn.Module, device: torch.device, bf16: bool) -> tuple[str, Validator]:
     """The model-selection metric ``(key, fn(model) -> value)``, higher is better; fails early if data is missing.
 
@@ -273,7 +269,7 @@ def make_validator(params: Params, model: nn.Module, device: torch.device, bf16:
     if spec.task != "multilabel":
         raise ValueError(f"train.validation: {name} is a {spec.task} benchmark; expected a multi-label one")
     prompts = validation_prompts(params, spec)
-    eval_cfg = dataclasses.replace(params.evaluate, bootstrap=0)
+    eval_cfg = dataclasses.replace(params.evaluate, bootstrap=0, precision="bf16" if bf16 else "fp32")
     key = f"zeroshot/{name}/auroc"
 
     def validate(m: nn.Module) -> float:
@@ -343,10 +339,6 @@ class _State:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def _use_bf16(precision: str, device: torch.device) -> bool:
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 @dataclass(frozen=True)
@@ -429,7 +421,7 @@ class _Trainer:
                  paths: TrainPaths, env: D.DistEnv):
         self.params, self.cfg, self.method = params, params.train, method
         self.paths, self.env, self.device = paths, env, env.device
-        self.bf16 = _use_bf16(self.cfg.precision, self.device)
+        self.bf16 = D.use_bf16(self.cfg.precision, self.device)
         cfg = self.cfg
 
         read_pairs_manifest(params, "train")  # fail before building the model when data is missing
@@ -577,7 +569,7 @@ class _Trainer:
                 last_micro = micro == cfg.grad_accum - 1
                 sync = nullcontext() if last_micro or not env.is_distributed else self.engine.no_sync()
                 with sync:
-                    with _autocast(self.device, self.bf16):
+                    with D.autocast(self.device, "bf16" if self.bf16 else "fp32"):
                         out = self.engine(batch["image"].to(self.device, non_blocking=True),
                                           batch["input_ids"].to(self.device, non_blocking=True),
                                           batch["attention_mask"].to(self.device, non_blocking=True),

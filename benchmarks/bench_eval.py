@@ -2,6 +2,7 @@
 
     python benchmarks/bench_eval.py --preset tiny --images 256
     python benchmarks/bench_eval.py --preset biomedclip --images 32 --batch-size 16
+    python benchmarks/bench_eval.py --preset biomedclip --images 32 --batch-size 16 --precision bf16  # AMX CPU
 
 Random-weight towers (no checkpoint needed) on synthetic PNGs written to a temporary folder; the timed path is
 the one ``evaluate_benchmark`` uses (PNG decode + eval transform + ``encode_image``), plus the whole
@@ -85,25 +86,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="evaluate.precision: auto = bf16 on CUDA, fp32 on CPU (bf16 pays on CPUs with AMX)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = _build(args.preset, device)
     size = model.preset.image_size
-    results: dict = {"preset": args.preset, "device": str(device), "threads": args.threads,
+    results: dict = {"preset": args.preset, "device": str(device), "precision": args.precision, "threads": args.threads,
                      "images": args.images, "batch_size": args.batch_size, "image_size": size}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         manifest = _images(root, args.images, size)
         single = manifest.iloc[: args.single_images or min(args.images, 64)]
-        embed_images(model, manifest.iloc[:2], root, 2, 0, device)  # warm-up
-        t_batched = _median_time(lambda: embed_images(model, manifest, root, args.batch_size, 0, device),
-                                 args.repeats)
-        t_single = _median_time(lambda: embed_images(model, single, root, 1, 0, device), args.repeats)
+        embed_images(model, manifest.iloc[:2], root, 2, 0, device, precision=args.precision)  # warm-up
+        t_batched = _median_time(lambda: embed_images(model, manifest, root, args.batch_size, 0, device,
+                                                      precision=args.precision), args.repeats)
+        t_single = _median_time(lambda: embed_images(model, single, root, 1, 0, device, precision=args.precision),
+                                args.repeats)
         prompts = {c: [f"a chest x-ray image of {c.lower()}.", f"findings suggesting {c.lower()}."]
                    for c in CLASSES}
-        cfg = EvaluateConfig(batch_size=args.batch_size, bootstrap=args.bootstrap)
+        cfg = EvaluateConfig(batch_size=args.batch_size, bootstrap=args.bootstrap, precision=args.precision)
         t_eval = _median_time(lambda: evaluate_benchmark(model, _Spec(), manifest, root, prompts, cfg, device), 1)
     results.update({
         "batched_images_per_s": round(len(manifest) / t_batched, 1),

@@ -6,6 +6,8 @@ plus peak memory (CPU: process max RSS from ``resource.getrusage``; CUDA: ``torc
 
     python benchmarks/bench_model.py                              # paper preset, batch 8 and 16, CPU (+ CUDA)
     python benchmarks/bench_model.py --preset tiny --steps 3      # seconds
+    python benchmarks/bench_model.py --device cpu --precision bf16   # CPUs with AMX: 2-3x the fp32 figures
+    python benchmarks/bench_model.py --text-nodes content --fill 0.5 # padding columns are not computed
     python benchmarks/bench_model.py --device cuda --precision bf16 --json results/bench.json
 """
 
@@ -129,24 +131,28 @@ def main(argv: list[str] | None = None) -> dict:
                     help="auto: fp32 on CPU, fp32 and bf16 autocast on CUDA")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--hgnn", default="both", choices=("both", "image", "text", "none"))
+    ap.add_argument("--text-nodes", default="all", choices=("all", "content"),
+                    help="hgnn.text_nodes; content (or --hgnn image/none) skips all-padding columns: try --fill 0.5")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.device == "auto" else [args.device]
-    cfg = ModelConfig(preset=args.preset, hgnn=HgnnConfig(towers=args.hgnn))
+    cfg = ModelConfig(preset=args.preset, hgnn=HgnnConfig(towers=args.hgnn, text_nodes=args.text_nodes))
     t0 = time.perf_counter()
     model = build_model(cfg, tokenizer=_vocab_folder())
     build_s = time.perf_counter() - t0
     context = args.context or model.preset.context_length
     loss_fn = LabelGuidedInfoNCELoss()
     results = {"preset": args.preset, "context": context, "fill": args.fill, "steps": args.steps,
+               "hgnn": args.hgnn, "text_nodes": args.text_nodes,
                "torch": torch.__version__, "python": sys.version.split()[0], "machine": platform.machine(),
                "threads": torch.get_num_threads(), "build_s": build_s,
                "trainable": model.parameter_breakdown(), "runs": []}
     print(f"# {args.preset}: build {build_s:.1f}s, trainable {results['trainable']['total']:,}, "
-          f"context {context}, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+          f"context {context} (fill {args.fill}), hgnn {args.hgnn}, text nodes {args.text_nodes}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     for dev_name in devices:
         device = torch.device(dev_name)
         model.to(device)

@@ -2,18 +2,19 @@
 
 Times the step the trainer runs (:class:`ace_lora.train.ContrastiveStep`: both towers with LoRA and ACE-HGNN, the
 label-guided InfoNCE loss, backward, AdamW on the trainable parameters) on synthetic batches: random images, random
-token ids filling the whole context (the worst case; real reports are shorter only if a model skips padding, which
-BiomedCLIP does not) and random labels. Towers are random (no checkpoint), which does not change the cost.
+token ids filling the whole context (the worst case; padding columns are skipped only when no padding position is
+a node, ``hgnn.text_nodes: content``; see ``bench_model.py --fill``) and random labels. Towers are random (no checkpoint), which does not change the cost.
 
 FLOP model (SPEC §7 counts): a transformer layer's forward costs 2 x [T (4 d^2 + 2 d d_ff) + 2 T^2 d] FLOP for T
 tokens of width d (ViT-B/16 at 224: 34.9 GFLOP, BERT-base at 256 tokens: 45.9 GFLOP per pair; heads, patch embedding
 and ACE-HGNN are ignored: < 2 %). A training step is counted as 3 x forward, the usual convention; with frozen towers
 the backward pass skips the weight-gradient GEMMs, so the work actually executed is closer to 2 x forward — both
-figures are reported. Utilisation = achieved / peak (``--peak-gflops``; default 190 GFLOP/s = fp32 on the 2-thread
-development CPU, 989e3 for H100 bf16 dense).
+figures are reported. Utilisation = achieved / peak (``--peak-gflops``; default 190 / 700 GFLOP/s = fp32 / bf16 on
+the 2-thread development CPU, 989e3 for H100 bf16 dense).
 
     python benchmarks/bench_train.py                        # tiny (batch 8, 16, 64) + biomedclip (batch 8, 16)
     python benchmarks/bench_train.py --preset tiny --batch 64 --steps 20
+    python benchmarks/bench_train.py --preset biomedclip --batch 16 --precision bf16   # CPU with AMX
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from pathlib import Path
 import torch
 
 from ace_lora.config import LossConfig, ModelConfig
+from ace_lora.distributed import use_bf16
 from ace_lora.losses import LabelGuidedInfoNCELoss
 from ace_lora.models import build_model, get_preset
 from ace_lora.train import ContrastiveStep
 
-CPU_PEAK_GFLOPS = 190.0  # fp32, 2 threads, development machine (issue 4)
+# fp32 / bf16 (AMX) matmul peaks, 2 threads, development machine: the model's GEMM shapes reach 173-229 / 590-830
+CPU_PEAK_GFLOPS = {False: 190.0, True: 700.0}
 CUDA_PEAK_GFLOPS = {"H100": 989e3, "H200": 989e3, "A100": 312e3}  # bf16 dense tensor-core peaks
 
 
@@ -123,16 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="train.precision: auto = bf16 on CUDA, fp32 on CPU (bf16 pays on CPUs with AMX)")
     ap.add_argument("--peak-gflops", type=float, default=None, help="peak for the utilisation column")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    bf16 = device.type == "cuda"
+    bf16 = use_bf16(args.precision, device)
     peak = args.peak_gflops
     if peak is None:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-        peak = next((v for k, v in CUDA_PEAK_GFLOPS.items() if k in name), None) if bf16 else CPU_PEAK_GFLOPS
+        peak = (next((v for k, v in CUDA_PEAK_GFLOPS.items() if k in name), None) if device.type == "cuda" else
+                CPU_PEAK_GFLOPS[bf16])
     defaults = {"tiny": [8, 16, 64], "biomedclip": [8, 16] if device.type == "cpu" else [16, 64, 128]}
     results = []
     for preset in args.preset or ["tiny", "biomedclip"]:

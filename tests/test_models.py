@@ -209,6 +209,30 @@ def test_hgnn_variants(vocab):
     assert image_only.hgnn_text is None and image_only.hgnn_image is not None
 
 
+@pytest.mark.parametrize("hgnn", [{"text_nodes": "content"}, {"towers": "image"}, {"towers": "none"}])
+def test_padding_columns_are_skipped_when_no_padding_is_a_node(vocab, hgnn):
+    model = build_tiny(vocab, hgnn=hgnn)
+    randomise_adapter(model)
+    ids, mask = model.tokenize(["left pleural effusion .", "no pneumothorax", "there is small right effusion"])
+    longest = int(mask.sum(1).max())
+    assert longest < ids.shape[1]
+    with torch.no_grad():
+        nodes, prior, node_mask = model.text_nodes(ids, mask)
+        txt = model.encode_text(ids, mask)
+        full = F.normalize(model.text.forward_tokens(ids, mask), dim=-1)  # every column computed
+        full_prior = model.text_prior_reader.read(model._prior_kind("text"), mask)
+        full_node_mask = mask.bool() & (ids != model.tokenizer.sep_token_id)
+        full_node_mask[:, 0] = True
+        full_txt = model.text_global(full, full_prior, full_node_mask)
+    assert nodes.shape[1] == longest and prior.shape[1] == longest - 1 and node_mask.shape[1] == longest
+    torch.testing.assert_close(nodes, full[:, :longest], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(prior, full_prior[:, :longest - 1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(txt, full_txt, atol=1e-6, rtol=1e-5)
+    reference = build_tiny(vocab)  # text_nodes=all with a text HGNN: padding positions are nodes
+    with torch.no_grad():
+        assert reference.text_nodes(ids, mask)[0].shape[1] == ids.shape[1]
+
+
 def test_gradients_reach_every_adapter_parameter(vocab):
     from ace_lora.losses import LabelGuidedInfoNCELoss
 

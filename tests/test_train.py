@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ace_lora import distributed as D
 from ace_lora import train as T
 from ace_lora.config import Params, build
 
@@ -234,8 +235,10 @@ def test_bf16_autocast_on_cpu_when_asked(tmp_path, fakes):
     out = tmp_path / "run"
     T.train(make_params(tmp_path, epochs=1, precision="bf16"), "m", out)
     assert math.isfinite(json.loads((out / "metrics.json").read_text())["final_loss"])
-    assert T._use_bf16("auto", torch.device("cpu")) is False and T._use_bf16("auto", torch.device("cuda")) is True
-    assert T._use_bf16("fp32", torch.device("cuda")) is False
+    assert D.use_bf16("auto", torch.device("cpu")) is False and D.use_bf16("auto", torch.device("cuda")) is True
+    assert D.use_bf16("fp32", torch.device("cuda")) is False and D.use_bf16("bf16", "cpu") is True
+    with pytest.raises(ValueError, match="precision"):
+        D.use_bf16("fp16", "cpu")
 
 
 def test_non_finite_loss_stops_with_clear_error(tmp_path, fakes, monkeypatch):

@@ -251,3 +251,22 @@ def test_smoke_real_tiny_model(tmp_path, ensemble):
     probs = artifacts["predictions"].filter(like="prob_").to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
     assert model.training is False
+
+
+def test_precision_bf16_autocasts_on_cpu(tmp_path):
+    """evaluate.precision reaches the encoders: bf16 embeddings differ from fp32 ones, by bf16 rounding only."""
+    model = tiny_model(tmp_path)
+    rng = np.random.default_rng(1)
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / f"images/{i}.png")
+        rows.append({"image": f"images/{i}.png", "split": "test", "label": CLASSES[i % 2]})
+    manifest = pd.DataFrame(rows)
+    images = {p: zeroshot.embed_images(model, manifest, tmp_path, 4, precision=p) for p in ("fp32", "bf16", "auto")}
+    classes = {p: zeroshot.build_zero_shot_classifier(model, prompts_for(CLASSES[:2]), CLASSES[:2], precision=p)
+               for p in ("fp32", "bf16")}
+    assert torch.equal(images["auto"], images["fp32"])  # auto = fp32 on CPU
+    for got in (images, classes):
+        assert not torch.equal(got["bf16"], got["fp32"])
+        assert F.cosine_similarity(got["bf16"], got["fp32"], dim=-1).min() > 0.9  # a flipped top-k costs ~0.03

@@ -44,9 +44,10 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ace_lora.distributed import autocast
 from ace_lora.eval import metrics as M
 from ace_lora.eval.zeroshot import (
-    _autocast, _eval_mode, _image_dataset, _model_device, _positive_index, build_zero_shot_classifier,
+    _eval_mode, _image_dataset, _model_device, _positive_index, build_zero_shot_classifier,
 )
 
 __all__ = ["patch_features", "upsample_map", "fit_to_input", "boxes_to_input", "regions_to_boxes",
@@ -105,7 +106,7 @@ def patch_features(model: Any, manifest: pd.DataFrame, root: str | Path, eval_cf
     loader = DataLoader(dataset, batch_size=eval_cfg.batch_size, shuffle=False, num_workers=eval_cfg.num_workers,
                         pin_memory=device.type == "cuda")
     out: torch.Tensor | None = None
-    with _eval_mode(model), _autocast(device):
+    with _eval_mode(model), autocast(device, eval_cfg.precision):
         for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
             nodes, _ = model.image_nodes(batch["image"].to(device, non_blocking=True))
             patches = nodes[:, 1:].float()  # (B, P, D)
@@ -382,7 +383,8 @@ def evaluate_grounding(model: Any, spec: Any, manifest: pd.DataFrame, root: str 
         raise ValueError(f"{spec.name}: grounding needs a negative and a positive class, got {list(spec.classes)}")
     pos = _positive_index(spec)
     classifier = build_zero_shot_classifier(model, prompts, [spec.classes[1 - pos], spec.classes[pos]],
-                                            eval_cfg.ensemble, device=device, source=source).float().cpu()
+                                            eval_cfg.ensemble, device=device, source=source,
+                                            precision=eval_cfg.precision).float().cpu()
     scale = float(model.logit_scale.detach().float().cpu())
     heads = [_Head(scale * (classifier[1] - classifier[0]), 0.0, "grounding")]
     size = _input_size(model)

@@ -22,6 +22,7 @@ from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ace_lora.distributed import autocast
 from ace_lora.eval import metrics as M
 
 __all__ = ["build_zero_shot_classifier", "embed_images", "evaluate_benchmark", "NEGATIVE_CLASS",
@@ -40,12 +41,6 @@ CLASSIFICATION_METRICS = {
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _autocast(device: torch.device):
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -89,21 +84,21 @@ def _check_prompts(prompts: dict[str, list[str]], classes: list[str], source: st
 @torch.inference_mode()
 def build_zero_shot_classifier(model: Any, prompts: dict[str, list[str]], classes: list[str],
                                ensemble: str = "mean", *, device: torch.device | str | None = None,
-                               source: str | None = None) -> torch.Tensor:
+                               source: str | None = None, precision: str = "auto") -> torch.Tensor:
     """Class embeddings ``(C, D)``, L2-normalised, one row per entry of ``classes`` (in that order).
 
     ``ensemble="mean"``: each prompt is embedded (``model.encode_text``) and L2-normalised; a class embedding is
     the mean over its prompts, re-normalised. ``ensemble="token_average"`` (the reference implementation): the
     prompts' text-node sequences (``model.text_nodes``) are averaged position by position (each averaged node is
     re-normalised; the node mask is the union), then passed once through ``model.text_global``.
-    ``source`` names the prompts file in error messages.
+    ``source`` names the prompts file in error messages; ``precision``: see ``evaluate.precision``.
     """
     if ensemble not in ("mean", "token_average"):
         raise ValueError(f"ensemble: {ensemble!r} is not one of ['mean', 'token_average']")
     _check_prompts(prompts, classes, source)
     device = _model_device(model, device)
     rows = []
-    with _eval_mode(model), _autocast(device):
+    with _eval_mode(model), autocast(device, precision):
         for name in classes:
             ids, mask = model.tokenize(list(prompts[name]))
             ids, mask = ids.to(device), mask.to(device)
@@ -130,14 +125,15 @@ def _image_dataset(manifest: pd.DataFrame, root: Path, transform):
 
 @torch.inference_mode()
 def embed_images(model: Any, manifest: pd.DataFrame, root: str | Path, batch_size: int = 64, num_workers: int = 0,
-                 device: torch.device | str | None = None, desc: str = "images") -> torch.Tensor:
+                 device: torch.device | str | None = None, desc: str = "images", precision: str = "auto"
+                 ) -> torch.Tensor:
     """Global image embeddings ``(N, D)`` (float32, CPU, L2-normalised) in manifest row order."""
     device = _model_device(model, device)
     dataset = _image_dataset(manifest.reset_index(drop=True), Path(root), model.image_transform(False))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     out = torch.zeros(len(dataset), 0)
-    with _eval_mode(model), _autocast(device):
+    with _eval_mode(model), autocast(device, precision):
         for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
             emb = F.normalize(model.encode_image(batch["image"].to(device, non_blocking=True)).float(), dim=-1)
             if out.shape[1] == 0:
@@ -189,9 +185,9 @@ def _evaluate_single_label(model, spec, manifest, root, prompts, eval_cfg, devic
         raise ValueError(f"{spec.name}: manifest labels {unknown} are not among the benchmark classes {classes}")
     y = manifest["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
     classifier = build_zero_shot_classifier(model, prompts, classes, eval_cfg.ensemble, device=device,
-                                            source=source)
+                                            source=source, precision=eval_cfg.precision)
     images = embed_images(model, manifest, root, eval_cfg.batch_size, eval_cfg.num_workers, device,
-                          desc=spec.name)
+                          desc=spec.name, precision=eval_cfg.precision)
     scale = float(model.logit_scale.detach().float().cpu())
     logits = scale * images.double() @ classifier.double().cpu().T
     probs = torch.softmax(logits, dim=1).numpy()
@@ -235,9 +231,10 @@ def _evaluate_multilabel(model, spec, manifest, root, prompts, eval_cfg, device,
     y = manifest[labels].fillna(0).astype(float).clip(0, 1).astype(int).to_numpy()
     has_negative = NEGATIVE_CLASS in prompts or NEGATIVE_CLASS in labels
     names = labels + [NEGATIVE_CLASS] if has_negative and NEGATIVE_CLASS not in labels else labels
-    classifier = build_zero_shot_classifier(model, prompts, names, eval_cfg.ensemble, device=device, source=source)
+    classifier = build_zero_shot_classifier(model, prompts, names, eval_cfg.ensemble, device=device, source=source,
+                                            precision=eval_cfg.precision)
     images = embed_images(model, manifest, root, eval_cfg.batch_size, eval_cfg.num_workers, device,
-                          desc=spec.name)
+                          desc=spec.name, precision=eval_cfg.precision)
     scale = float(model.logit_scale.detach().float().cpu())
     logits = scale * images.double() @ classifier.double().cpu().T  # (N, len(names))
     if has_negative:

@@ -136,7 +136,14 @@ class AceLoraModel(nn.Module):
         """ids, mask [B,L] -> (nodes [B,L,D] L2-normalised, prior [B,L-1], node_mask [B,L] bool).
 
         node_mask is all True for ``hgnn.text_nodes = all`` (reference); for ``content`` it drops [PAD] and [SEP].
+        When no padding position is a node (``content``, or no text HGNN), the columns that are padding in every
+        sequence are not computed: L is then the longest sequence of the batch. BERT's key mask hides padding from
+        every other position, so the returned values are unchanged.
         """
+        if self.model_cfg.hgnn.text_nodes == "content" or self.hgnn_text is None:
+            used = attention_mask.any(dim=0).nonzero()
+            length = int(used.max()) + 1 if len(used) else 1
+            input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
         tokens = self.text.forward_tokens(input_ids, attention_mask)
         prior = self.text_prior_reader.read(self._prior_kind("text"), attention_mask)
         if self.model_cfg.hgnn.text_nodes == "content":

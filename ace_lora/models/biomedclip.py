@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ace_lora.models.dropout import Dropout, dropout_matmul
 from ace_lora.models.presets import ModelPreset
 
 CHECKPOINT_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
@@ -34,8 +36,54 @@ class ImageTower(nn.Module):
         self.head = nn.ModuleDict({"proj": nn.Linear(preset.vision_width, preset.embed_dim, bias=False)})
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B,3,H,W] -> projected, unnormalised tokens [B, 1+P, embed] (index 0 = CLS)."""
-        return self.head["proj"](self.trunk.forward_features(images))
+        """images [B,3,H,W] -> projected, unnormalised tokens [B, 1+P, embed] (index 0 = CLS).
+
+        Attention is timm's fused SDPA, except in a CPU bf16-autocast pass that records gradients: there the CPU
+        flash kernel's bf16 backward is about 1.6x slower per block than timm's explicit attention
+        (``timm``'s own ``fused_attn`` switch, set for this call only).
+        """
+        if not (images.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+            return self.head["proj"](self.trunk.forward_features(images))
+        attentions = [block.attn for block in self.trunk.blocks]
+        fused = [attn.fused_attn for attn in attentions]
+        try:
+            for attn in attentions:
+                attn.fused_attn = False
+            tokens = self.trunk.forward_features(images)
+        finally:
+            for attn, value in zip(attentions, fused):
+                attn.fused_attn = value
+        return self.head["proj"](tokens)
+
+
+BERT_ATTENTION = "ace_lora_sdpa"
+
+
+def _bert_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                    **kwargs) -> tuple[torch.Tensor, None]:
+    """BERT self-attention, [B,H,L,d] in, [B,L,H,d] out: fused SDPA, or with dropout on the probabilities (train
+    mode) softmax then :func:`dropout_matmul` (SDPA has no fused CPU kernel with dropout and draws its mask slowly)."""
+    if dropout == 0:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
+    else:
+        scale = scaling or query.shape[-1] ** -0.5
+        scores = torch.matmul(query * scale, key.transpose(-1, -2))  # scaling q: 4x fewer elements than scores
+        if attention_mask is not None:
+            scores = (scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+                      if attention_mask.dtype == torch.bool else scores + attention_mask)
+        out = dropout_matmul(scores.softmax(dim=-1), value, dropout)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_bert_attention() -> None:
+    """Register :func:`_bert_attention` (and SDPA's mask format) under ``BERT_ATTENTION`` with transformers."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(BERT_ATTENTION, _bert_attention)
+    AttentionMaskInterface.register(BERT_ATTENTION, sdpa_mask)
 
 
 class TextTower(nn.Module):
@@ -45,9 +93,14 @@ class TextTower(nn.Module):
         super().__init__()
         from transformers import BertConfig, BertModel
 
+        register_bert_attention()
         config = BertConfig(**preset.bert_kwargs())
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = BERT_ATTENTION
         self.transformer = BertModel(config, add_pooling_layer=False)
+        for parent in list(self.transformer.modules()):  # BERT's own dropouts draw their masks like LoRA's
+            for name, child in parent.named_children():
+                if isinstance(child, nn.Dropout):
+                    setattr(parent, name, Dropout(child.p))
         self.proj = nn.Sequential(nn.Linear(preset.text_width, preset.text_proj_hidden, bias=False), nn.GELU(),
                                   nn.Linear(preset.text_proj_hidden, preset.embed_dim, bias=False))
 

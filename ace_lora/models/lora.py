@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ace_lora.models.dropout import dropout_matmul
+
 
 class LoraLinear(nn.Module):
     """A frozen base ``nn.Linear`` plus one rank-``r`` adapter per targeted output slice.
@@ -36,7 +38,7 @@ class LoraLinear(nn.Module):
             raise ValueError(f"none of {list(targets)} is among the segments {[n for n, _ in self.segments]}")
         self.rank = rank
         self.scaling = alpha / math.sqrt(rank)
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = float(dropout)
         sizes = dict(self.segments)
         dd = dict(device=base.weight.device, dtype=base.weight.dtype)
         # OrderedDict keeps the segment order (a plain dict would be sorted by ParameterDict)
@@ -104,9 +106,9 @@ class LoraLinear(nn.Module):
         y = self.base_layer(x)
         if self.merged:
             return y
-        if self.training and isinstance(self.lora_dropout, nn.Dropout):
+        if self.training and self.dropout > 0:
             # one independent dropout mask per adapter, as with separate LoRA layers
-            h = torch.cat([F.linear(self.lora_dropout(x), self.lora_A[n]) for n in self.targets], dim=-1)
+            h = torch.cat([dropout_matmul(x, self.lora_A[n].t(), self.dropout) for n in self.targets], dim=-1)
         else:
             h = F.linear(x, torch.cat([self.lora_A[n] for n in self.targets], dim=0))  # (..., r·T)
         return y + self.scaling * F.linear(h, self._block_b().to(h.dtype))
@@ -132,7 +134,8 @@ class LoraLinear(nn.Module):
         self.merged = False
 
     def extra_repr(self) -> str:
-        return f"targets={self.targets}, rank={self.rank}, scaling={self.scaling:.4g}, merged={self.merged}"
+        return (f"targets={self.targets}, rank={self.rank}, scaling={self.scaling:.4g}, dropout={self.dropout}, "
+                f"merged={self.merged}")
 
 
 def lora_modules(model: nn.Module) -> list[LoraLinear]:
