@@ -170,6 +170,10 @@ def test_snakemake_rerun_does_nothing_and_param_change_reruns_only_dependants(sn
     out = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], snakemake_demo).stdout
     rules = set(re.findall(r"^rule (\w+):", out, re.M))
     assert rules == {"evaluate", "report", "all"}, rules
+    params["evaluate"]["ensemble"] = "token_average"  # also the validation metric of model selection
+    (snakemake_demo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], snakemake_demo).stdout
+    assert set(re.findall(r"^rule (\w+):", out, re.M)) == {"train", "evaluate", "report", "all"}
 
 
 def test_dvc_repro_demo_then_metrics_diff(tmp_path):

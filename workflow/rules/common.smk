@@ -18,7 +18,7 @@ STAGE_PARAMS = {
     "fetch": ["paths", "data"],
     "prepare": ["paths", "data"],
     "prompts": ["paths", "prompts", "evaluate.datasets", "train.validation"],
-    "train": ["paths", "model", "loss", "methods", "train"],
+    "train": ["paths", "model", "loss", "methods", "train", "evaluate.ensemble"],  # validation: model selection
     "evaluate": ["paths", "model", "loss", "methods", "evaluate"],
     "report": ["paths"],
 }
