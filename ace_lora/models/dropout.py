@@ -9,7 +9,8 @@ Each element is kept independently with probability ``1 - p`` (resolution 2^-32,
 ``torch.bernoulli_``) and scaled by ``1 / (1 - p)``: the same distribution as ``nn.Dropout``. The 0/1 mask is kept
 in the input's dtype, since mixed bool-float products are several times slower on CPU. :func:`dropout_matmul` fuses
 dropout with the matrix product that follows it (LoRA's down-projection, attention probabilities times values) and
-saves the undropped input, which other operations hold anyway, instead of a dropped copy.
+saves the undropped input instead of a dropped copy: one tensor for the q/k/v adapters of a layer, and for attention
+the softmax output that the softmax's own backward keeps anyway.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class _DropoutMatmul(torch.autograd.Function):
 
 
 def dropout_matmul(x: torch.Tensor, w: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """``dropout(x, p) @ w`` with :func:`keep_mask`; ``w`` is [in, out] (shared) or batched like ``x``."""
+    """``dropout(x, p) @ w`` with :func:`keep_mask`; ``w`` is [in, out] (shared) or has x's leading dimensions."""
     if not training or p == 0:
         return torch.matmul(x, w)
     if p == 1:
