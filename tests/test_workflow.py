@@ -192,11 +192,17 @@ def test_dvc_repro_demo_then_metrics_diff(tmp_path):
     assert "Running stage" not in again
     _run(["git", "add", "-A"], project)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], project)
-    params["evaluate"]["ensemble"] = "token_average"
+    params["evaluate"]["bootstrap"] = 30
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dry = _run(["dvc", "repro", "--dry"], project).stdout
     stages = set(re.findall(r"Running stage '([\w@-]+)'", dry))
     assert stages and all(s.startswith(("evaluate@", "report")) for s in stages), stages
+    params["evaluate"]["ensemble"] = "token_average"  # also the validation metric of model selection
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dry = _run(["dvc", "repro", "--dry"], project).stdout
+    assert "train@ace_lora" in set(re.findall(r"Running stage '([\w@-]+)'", dry))
+    params["evaluate"].update(bootstrap=SMALL["evaluate"]["bootstrap"], ensemble="mean")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["dvc", "exp", "run", "-S", "evaluate.seed=1"], project)
     diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], project).stdout)
     keys = {k for per_file in diff.values() for k in per_file}
