@@ -44,7 +44,7 @@ def param(default: Any, help: str, *, choices: tuple | None = None, minimum: flo
 class LoraConfig:
     enabled: bool = param(True, "Add LoRA adapters (False: towers stay exactly the base model).")
     rank: int = param(4, "LoRA rank r.", minimum=1)
-    alpha: float = param(1.0, "LoRA alpha; scaling s = alpha / sqrt(rank) (rsLoRA-style, SPEC §2).", minimum=0)
+    alpha: float = param(1.0, "LoRA alpha; scaling s = alpha / sqrt(rank) (rsLoRA-style, docs/method.md#lora).", minimum=0)
     dropout: float = param(0.1, "Dropout on the LoRA input only.", minimum=0, maximum=1)
     targets: list = param(["q", "k", "v"], "Attention projections that get an adapter.", items=("q", "k", "v", "o"))
     towers: list = param(["image", "text"], "Towers that get adapters.", items=("image", "text"))
@@ -90,11 +90,16 @@ class ModelConfig:
     init_seed: int = param(0, "Seed of the random towers when no checkpoint is given.")
     lora: LoraConfig = param(LoraConfig(), "LoRA settings.")
     hgnn: HgnnConfig = param(HgnnConfig(), "ACE-HGNN settings.")
+    dropout_sites: str = param("reference", "Train-mode dropout sites besides the LoRA input dropout (docs/method.md"
+                               "#dropout-sites). reference: as the reference's training: BERT embedding and MLP-output "
+                               "dropout only (its LoRA attention has no attention-probability or attention-output "
+                               "dropout; the ViT has none). bert: HF BERT's own four sites (adds attention-probability "
+                               "and attention-output dropout).", choices=("reference", "bert"))
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    label_guided: bool = param(True, "Remove same-label pairs from InfoNCE denominators (SPEC §4); "
+    label_guided: bool = param(True, "Remove same-label pairs from InfoNCE denominators (docs/method.md#label-guided-infonce); "
                                "False: plain symmetric InfoNCE.")
     learnable_scale: bool = param(True, "Learn the logit scale (linear space, initialised from BiomedCLIP's).")
 
@@ -146,6 +151,9 @@ class DataConfig:
 class PromptsConfig:
     templates: dict = param({}, "Prompt templates per domain (chest, histopathology); '{}' is the class phrase.")
     class_names: dict = param({}, "Per benchmark: class label -> phrase used in the prompts.")
+    negative: str = param("reference", "Phrase of the negative class of RSNA and SIIM: reference: 'No Finding' (the "
+                          "reference's). no_acute_findings: 'no acute findings'.",
+                          choices=("reference", "no_acute_findings"))
 
 
 # ----------------------------------------------------------------------------------- train, evaluate

@@ -16,7 +16,7 @@ from ace_lora.io import atomic_write_text
 
 DOMAINS = ("chest", "histopathology")
 
-#: Templates per domain; ``{}`` is the class phrase. Chest: the reference's two templates (SPEC §6).
+#: Templates per domain; ``{}`` is the class phrase. Chest: the reference's two templates (docs/method.md#zero-shot).
 DEFAULT_TEMPLATES: dict[str, list[str]] = {
     "chest": ["a chest X-ray image of {}.", "Findings suggesting {}."],
     "histopathology": ["an H&E stained histopathology image of {}.", "a histopathology slide showing {}."],
@@ -24,15 +24,20 @@ DEFAULT_TEMPLATES: dict[str, list[str]] = {
 
 _NORMAL = "no acute findings"
 
+#: ``prompts.negative`` -> phrase of the negative class of RSNA and SIIM (the reference's is "No Finding").
+NEGATIVE_PHRASES = {"reference": "No Finding", "no_acute_findings": _NORMAL}
+#: Benchmarks whose "Normal" class takes the ``prompts.negative`` phrase.
+NEGATIVE_BENCHMARKS = ("rsna", "rsna_det", "siim", "siim_seg")
+
 #: Benchmark -> class label -> phrase(s). Labels are exactly the manifest labels / finding columns.
 DEFAULT_CLASS_NAMES: dict[str, dict[str, list[str]]] = {
     "chexpert5x200": {"Atelectasis": ["atelectasis"], "Cardiomegaly": ["cardiomegaly"],
                       "Consolidation": ["consolidation"], "Edema": ["edema"],
                       "Pleural Effusion": ["pleural effusion"]},
-    "rsna": {"Normal": [_NORMAL], "Pneumonia": ["pneumonia"]},
-    "rsna_det": {"Normal": [_NORMAL], "Pneumonia": ["pneumonia"]},
-    "siim": {"Normal": [_NORMAL], "Pneumothorax": ["pneumothorax"]},
-    "siim_seg": {"Normal": [_NORMAL], "Pneumothorax": ["pneumothorax"]},
+    "rsna": {"Normal": [NEGATIVE_PHRASES["reference"]], "Pneumonia": ["pneumonia"]},
+    "rsna_det": {"Normal": [NEGATIVE_PHRASES["reference"]], "Pneumonia": ["pneumonia"]},
+    "siim": {"Normal": [NEGATIVE_PHRASES["reference"]], "Pneumothorax": ["pneumothorax"]},
+    "siim_seg": {"Normal": [NEGATIVE_PHRASES["reference"]], "Pneumothorax": ["pneumothorax"]},
     "mhist": {"HP": ["hyperplastic polyp"], "SSA": ["sessile serrated adenoma"]},
     "lc25000_lung": {"lung_aca": ["lung adenocarcinoma"], "lung_n": ["benign lung tissue"],
                      "lung_scc": ["lung squamous cell carcinoma"]},
@@ -83,9 +88,12 @@ def build_prompts(prompts_cfg: PromptsConfig, benchmarks: list[str]) -> dict[str
     """``{benchmark: {class label: [template.format(phrase) for template for phrase]}}`` for ``benchmarks``.
 
     ``prompts_cfg.templates`` replaces a domain's templates; ``prompts_cfg.class_names[benchmark]`` replaces
-    the phrases of the labels it names (other labels keep their defaults). Unknown domains, benchmarks or
-    labels raise :class:`PromptsError`.
+    the phrases of the labels it names (other labels keep their defaults). ``prompts_cfg.negative`` picks the
+    phrase of RSNA's and SIIM's "Normal" class (:data:`NEGATIVE_PHRASES`; an explicit ``class_names`` entry wins).
+    Unknown domains, benchmarks or labels raise :class:`PromptsError`.
     """
+    if prompts_cfg.negative not in NEGATIVE_PHRASES:
+        raise PromptsError(f"prompts.negative: {prompts_cfg.negative!r} is not one of {list(NEGATIVE_PHRASES)}")
     for domain, templates in prompts_cfg.templates.items():
         if domain not in DOMAINS:
             raise PromptsError(f"prompts.templates.{domain}: unknown domain; use one of {', '.join(DOMAINS)}")
@@ -107,7 +115,9 @@ def build_prompts(prompts_cfg: PromptsConfig, benchmarks: list[str]) -> dict[str
         domain = domain_of(bench)
         templates = _phrases(prompts_cfg.templates.get(domain, DEFAULT_TEMPLATES[domain]),
                              f"prompts.templates.{domain}")
-        override = prompts_cfg.class_names.get(bench, {})
+        override = dict(prompts_cfg.class_names.get(bench, {}))
+        if bench in NEGATIVE_BENCHMARKS:
+            override.setdefault("Normal", NEGATIVE_PHRASES[prompts_cfg.negative])
         out[bench] = {}
         for label in BENCHMARK_CLASSES[bench]:
             phrases = _phrases(override.get(label, DEFAULT_CLASS_NAMES[bench][label]),

@@ -48,7 +48,7 @@ def test_overrides_replace_templates_and_named_labels_only():
                         class_names={"rsna": {"Pneumonia": ["lung infection", "pneumonia"]}})
     p = build_prompts(cfg, ["rsna", "mhist"])
     assert p["rsna"]["Pneumonia"] == ["an x-ray showing lung infection", "an x-ray showing pneumonia"]
-    assert p["rsna"]["Normal"] == ["an x-ray showing no acute findings"]
+    assert p["rsna"]["Normal"] == ["an x-ray showing No Finding"]  # the reference's negative phrase
     assert p["mhist"] == build_prompts(PromptsConfig(), ["mhist"])["mhist"]  # other domain untouched
 
 
@@ -97,3 +97,19 @@ def test_classes_agree_with_the_benchmark_registry():
         assert name in BENCHMARK_CLASSES, name
         assert set(spec.classes) <= set(BENCHMARK_CLASSES[name]), name
         assert spec.domain == BENCHMARK_DOMAINS[name], name
+
+
+def test_negative_phrase_of_rsna_and_siim_is_the_reference_one_by_default():
+    p = build_prompts(PromptsConfig(), ["rsna", "siim", "nih14"])
+    assert p["rsna"]["Normal"] == ["a chest X-ray image of No Finding.", "Findings suggesting No Finding."]
+    assert p["siim"]["Normal"] == ["a chest X-ray image of No Finding.", "Findings suggesting No Finding."]
+    assert p["nih14"]["No Finding"] == ["a chest X-ray image of no acute findings.",
+                                        "Findings suggesting no acute findings."]  # no reference counterpart
+    ours = build_prompts(PromptsConfig(negative="no_acute_findings"), ["rsna_det", "siim_seg"])
+    assert ours["rsna_det"]["Normal"] == ["a chest X-ray image of no acute findings.",
+                                          "Findings suggesting no acute findings."]
+    assert ours["siim_seg"]["Normal"][0] == "a chest X-ray image of no acute findings."
+    explicit = build_prompts(PromptsConfig(class_names={"rsna": {"Normal": "normal lungs"}}), ["rsna"])
+    assert explicit["rsna"]["Normal"][0] == "a chest X-ray image of normal lungs."  # class_names wins
+    with pytest.raises(PromptsError, match="prompts.negative"):
+        build_prompts(PromptsConfig(negative="nothing"), ["rsna"])

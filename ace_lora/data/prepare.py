@@ -347,13 +347,15 @@ _COLLECT = {"mimic": _collect_mimic, "nih14": _collect_nih14, "chexpert": _colle
 
 
 def _resize_shortest(img: Image.Image, size: int, resample: int) -> Image.Image:
+    """Shortest side to ``size``, long side ``int(size * long / short)`` (truncated, as torchvision's and
+    open_clip's ``Resize(size)``), so the evaluation centre crop of the cache sits where the reference's does."""
     w, h = img.size
     if min(w, h) == size:
         return img
     if w <= h:
-        new = (size, max(1, round(h * size / w)))
+        new = (size, max(1, int(size * h / w)))
     else:
-        new = (max(1, round(w * size / h)), size)
+        new = (max(1, int(size * w / h)), size)
     return img.resize(new, resample)
 
 

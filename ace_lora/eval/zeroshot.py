@@ -89,8 +89,10 @@ def build_zero_shot_classifier(model: Any, prompts: dict[str, list[str]], classe
 
     ``ensemble="mean"``: each prompt is embedded (``model.encode_text``) and L2-normalised; a class embedding is
     the mean over its prompts, re-normalised. ``ensemble="token_average"`` (the reference implementation): the
-    prompts' text-node sequences (``model.text_nodes``) are averaged position by position (each averaged node is
-    re-normalised; the node mask is the union), then passed once through ``model.text_global``.
+    prompts' text-node sequences (``model.text_nodes``, each node L2-normalised) are averaged position by position
+    and passed once through ``model.text_global`` as they are, as the reference computes it: the averaged nodes are
+    not re-normalised (the hypergraph's cosine scores normalise them, its message passing does not); the prior is
+    the mean of the prompts' priors and the node mask their union.
     ``source`` names the prompts file in error messages; ``precision``: see ``evaluate.precision``.
     """
     if ensemble not in ("mean", "token_average"):
@@ -107,7 +109,7 @@ def build_zero_shot_classifier(model: Any, prompts: dict[str, list[str]], classe
                 rows.append(F.normalize(emb.mean(0), dim=-1))
             else:
                 nodes, prior, node_mask = model.text_nodes(ids, mask)  # (T, L, D), (T, L-1), (T, L)
-                nodes = F.normalize(nodes.float().mean(0, keepdim=True), dim=-1)
+                nodes = nodes.float().mean(0, keepdim=True)  # not re-normalised (reference)
                 prior = prior.float().mean(0, keepdim=True)
                 node_mask = node_mask.bool().any(0, keepdim=True)
                 rows.append(F.normalize(model.text_global(nodes, prior, node_mask).float()[0], dim=-1))

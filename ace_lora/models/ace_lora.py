@@ -1,4 +1,4 @@
-"""AceLoraModel: BiomedCLIP towers + LoRA (SPEC §2) + ACE-HGNN (SPEC §3) + a learnable logit scale.
+"""AceLoraModel: BiomedCLIP towers + LoRA + ACE-HGNN + a learnable logit scale (docs/method.md).
 
 Parameters whose dotted name has a part starting with ``lora_`` or ``hgnn`` or equal to ``logit_scale`` are the
 adapter (trained and saved); everything else is frozen.
@@ -51,12 +51,12 @@ class AceLoraModel(nn.Module):
         if self.sep_token_id is None:
             self.sep_token_id = 102  # BERT uncased [SEP]
         self.visual = ImageTower(self.preset)
-        self.text = TextTower(self.preset)
+        self.text = TextTower(self.preset, model_cfg.dropout_sites)
         h = model_cfg.hgnn
         dim = self.preset.embed_dim
         self.hgnn_image = AceHgnn(dim, h.hidden, h.topk, h.fusion) if h.towers in ("both", "image") else None
         self.hgnn_text = AceHgnn(dim, h.hidden, h.topk, h.fusion) if h.towers in ("both", "text") else None
-        # linear space (SPEC §4): exp of the base model's log-space scale
+        # linear space (docs/method.md#label-guided-infonce): exp of the base model's log-space scale
         self.logit_scale = nn.Parameter(torch.tensor(math.exp(init_logit_scale)))
         self._lora_applied = False
         self._readers_ready = False
@@ -106,7 +106,7 @@ class AceLoraModel(nn.Module):
         """(input_ids, attention_mask), both LongTensor[B, context_length]."""
         if self.tokenizer is None:
             raise RuntimeError("this model was built without a tokenizer")
-        return tokenize(self.tokenizer, texts, self.preset.context_length)
+        return tokenize(self.tokenizer, texts, self.preset.context_length, clean=self.preset.clean_text)
 
     # ------------------------------------------------------------------------------------- towers
 

@@ -1,4 +1,4 @@
-"""BiomedCLIP towers (timm ViT + HF BERT, SPEC §1), preprocessing and open_clip checkpoint loading.
+"""BiomedCLIP towers (timm ViT + HF BERT, docs/method.md#base-model), preprocessing and open_clip checkpoint loading.
 
 The towers are built from a :class:`~ace_lora.models.presets.ModelPreset` with random weights; an open_clip
 BiomedCLIP checkpoint (a local file or folder, or ``hf-hub:<repo>`` when online) is then copied in after its key set
@@ -86,13 +86,24 @@ def register_bert_attention() -> None:
     AttentionMaskInterface.register(BERT_ATTENTION, sdpa_mask)
 
 
-class TextTower(nn.Module):
-    """HF ``BertModel`` without pooler + ``Linear -> GELU -> Linear`` (no biases) applied to every position."""
+DROPOUT_SITES = ("reference", "bert")
 
-    def __init__(self, preset: ModelPreset) -> None:
+
+class TextTower(nn.Module):
+    """HF ``BertModel`` without pooler + ``Linear -> GELU -> Linear`` (no biases) applied to every position.
+
+    ``dropout_sites`` (train mode; docs/method.md#dropout-sites): ``"reference"`` keeps BERT's embedding dropout and
+    each layer's MLP-output dropout and sets the attention-probability and attention-output dropouts to p = 0, as
+    the reference's LoRA attention (which replaces BERT's attention block) computes; ``"bert"`` keeps all four of
+    HF BERT's sites.
+    """
+
+    def __init__(self, preset: ModelPreset, dropout_sites: str = "reference") -> None:
         super().__init__()
         from transformers import BertConfig, BertModel
 
+        if dropout_sites not in DROPOUT_SITES:
+            raise ValueError(f"model.dropout_sites: {dropout_sites!r} is not one of {list(DROPOUT_SITES)}")
         register_bert_attention()
         config = BertConfig(**preset.bert_kwargs())
         config._attn_implementation = BERT_ATTENTION
@@ -101,6 +112,10 @@ class TextTower(nn.Module):
             for name, child in parent.named_children():
                 if isinstance(child, nn.Dropout):
                     setattr(parent, name, Dropout(child.p))
+        if dropout_sites == "reference":
+            for layer in self.transformer.encoder.layer:
+                layer.attention.self.dropout.p = 0.0    # attention probabilities
+                layer.attention.output.dropout.p = 0.0  # attention output, before the residual LayerNorm
         self.proj = nn.Sequential(nn.Linear(preset.text_width, preset.text_proj_hidden, bias=False), nn.GELU(),
                                   nn.Linear(preset.text_proj_hidden, preset.embed_dim, bias=False))
 

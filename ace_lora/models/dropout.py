@@ -116,3 +116,27 @@ def dropout_matmul(x: torch.Tensor, w: torch.Tensor, p: float, training: bool = 
     if p == 1:
         return torch.matmul(x * 0, w)
     return _DropoutMatmul.apply(x, keep_mask(tuple(x.shape), p, x.device, x.dtype), 1.0 / (1.0 - p), w)
+
+
+def active_dropout_sites(model: nn.Module) -> list[str]:
+    """Names of the places that drop activations in train mode (p > 0), in module order.
+
+    Dropout modules (this module's, torch's), timm's ``DropPath`` / ``PatchDropout``, and the LoRA input dropout of
+    each adapted layer (listed as ``<layer>.lora_dropout``). The BERT attention reads its probability dropout from
+    ``attention.self.dropout`` and timm's fused attention from ``attn.attn_drop``, so both are covered.
+    """
+    sites = []
+    for name, module in model.named_modules():
+        if isinstance(module, (Dropout, nn.Dropout)):
+            p = module.p
+        elif type(module).__name__ == "DropPath":
+            p = module.drop_prob
+        elif type(module).__name__ == "PatchDropout":
+            p = module.prob
+        elif hasattr(module, "lora_A") and isinstance(getattr(module, "dropout", None), float):
+            p, name = module.dropout, f"{name}.lora_dropout"
+        else:
+            continue
+        if p > 0:
+            sites.append(name)
+    return sites

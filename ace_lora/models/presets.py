@@ -1,6 +1,7 @@
 """Architecture presets, declared as data.
 
-``biomedclip`` is the paper-size BiomedCLIP architecture (SPEC §1); ``tiny`` is the demo/test architecture (SPEC §8).
+``biomedclip`` is the paper-size BiomedCLIP architecture (docs/method.md#base-model); ``tiny`` is the demo/test
+architecture (README, "What the demo shows").
 Both presets share one code path: a timm ViT image tower with a linear head on the CLS token, and an HF ``BertModel``
 text tower (no pooler) with a two-layer projection MLP on the CLS position. Images always have 3 channels (grayscale
 inputs are converted to RGB in preprocessing).
@@ -40,6 +41,8 @@ class ModelPreset:
     # heads and joint space
     embed_dim: int
     text_proj_hidden: int
+    #: clean texts before tokenising as open_clip's tokenizer does (ftfy, HTML unescape, whitespace); see tokenizer.py
+    clean_text: bool = False
     mean: tuple = CLIP_MEAN
     std: tuple = CLIP_STD
     in_chans: int = 3
@@ -69,12 +72,13 @@ class ModelPreset:
 
 
 PRESETS: dict[str, ModelPreset] = {
-    # SPEC §1: ViT-B/16 at 224 + PubMedBERT-base (context 256), joint space 512, text MLP 768 -> 640 -> 512.
+    # BiomedCLIP: ViT-B/16 at 224 + PubMedBERT-base (context 256), joint space 512, text MLP 768 -> 640 -> 512.
     "biomedclip": ModelPreset(
         name="biomedclip", image_size=224, patch_size=16, vision_width=768, vision_layers=12, vision_heads=12,
         vocab_size=30522, text_width=768, text_layers=12, text_heads=12, text_intermediate=3072,
-        max_position_embeddings=512, context_length=256, text_dropout=0.1, embed_dim=512, text_proj_hidden=640),
-    # SPEC §8: ViT on 64x64 images, patch 8, depth 2, width 64, 2 heads; BERT 2 layers, hidden 64, 2 heads,
+        max_position_embeddings=512, context_length=256, text_dropout=0.1, embed_dim=512, text_proj_hidden=640,
+        clean_text=True),
+    # demo: ViT on 64x64 images, patch 8, depth 2, width 64, 2 heads; BERT 2 layers, hidden 64, 2 heads,
     # context 40. The embedding table holds up to 4096 word-level tokens (the demo vocabulary must fit).
     "tiny": ModelPreset(
         name="tiny", image_size=64, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,

@@ -1,4 +1,6 @@
-"""BERT WordPiece tokenisation to a fixed context length (SPEC §1).
+"""BERT WordPiece tokenisation to a fixed context length (docs/method.md#base-model).
+
+Texts of the BiomedCLIP preset are cleaned first as open_clip's BiomedCLIP tokenizer does (``clean_text``).
 
 With transformers 5 a WordPiece tokenizer is built with ``BertTokenizerFast.from_pretrained(folder)``: a
 ``vocab_file=`` argument is silently ignored there, so a bare ``vocab.txt`` is passed through ``vocab=`` instead.
@@ -6,11 +8,12 @@ With transformers 5 a WordPiece tokenizer is built with ``BertTokenizerFast.from
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import torch
 
-PAD_ID = 0  # BERT vocabularies put [PAD] first; the attention mask is ids != PAD_ID (SPEC §1)
+PAD_ID = 0  # BERT vocabularies put [PAD] first; the attention mask is ids != PAD_ID
 
 
 def load_tokenizer(source: str | Path):
@@ -47,10 +50,26 @@ def load_tokenizer(source: str | Path):
     return tok
 
 
-def tokenize(tokenizer, texts: str | list[str], context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask, both ``LongTensor[B, context_length]`` (padded / truncated)."""
+def clean_text(text: str) -> str:
+    """open_clip's ``whitespace`` cleaning (the BiomedCLIP tokenizer's): ftfy's ``fix_text`` (mojibake, odd
+    characters), HTML entities unescaped twice (``&amp;lt;`` -> ``<``), whitespace runs collapsed to one space, stripped.
+    """
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split())
+
+
+def tokenize(tokenizer, texts: str | list[str], context_length: int,
+             clean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, both ``LongTensor[B, context_length]`` (padded / truncated).
+
+    ``clean``: apply :func:`clean_text` to every text first (the BiomedCLIP preset does).
+    """
     if isinstance(texts, str):
         texts = [texts]
+    if clean:
+        texts = [clean_text(t) for t in texts]
     out = tokenizer(list(texts), padding="max_length", truncation=True, max_length=context_length,
                     return_tensors="pt", return_token_type_ids=False, return_attention_mask=False)
     ids = out["input_ids"].long()
