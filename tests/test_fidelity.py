@@ -1,4 +1,4 @@
-"""Fidelity to the reference (docs/method.md#deviations): train-mode dropout sites, token averaging, resize
+"""Fidelity to the reference (docs/method.md#deviations-from-the-reference): train-mode dropout sites, token averaging, resize
 truncation, single resampling for training, open_clip's text cleaning. Expectations are written by hand."""
 
 from __future__ import annotations
