@@ -1,4 +1,4 @@
-"""Label-guided symmetric InfoNCE (SPEC §4).
+"""Label-guided symmetric InfoNCE (docs/method.md#label-guided-infonce).
 
 Same-label off-diagonal pairs are removed from the denominators (logit -inf), never added as positives. Under
 ``torch.distributed`` the embeddings (with gradient reaching the local shard) and the labels are gathered from all

@@ -1,4 +1,4 @@
-"""Training: one code path for 1 or N processes (SPEC §5).
+"""Training: one code path for 1 or N processes (docs/method.md#training).
 
 ``train(params, method, out_dir)`` adapts the method's model on the MIMIC-CXR training pairs with the label-guided
 InfoNCE loss, selects the best adapter on the validation set (never a test benchmark) and writes::

@@ -1,4 +1,4 @@
-"""Adapter files: save/load round trip, mismatch errors, and import of the official ACE_LoRA.pt layout (SPEC §5)."""
+"""Adapter files: save/load round trip, mismatch errors, and import of the official ACE_LoRA.pt layout (docs/method.md#official-checkpoint)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Fidelity to the reference (docs/method.md#deviations-from-the-reference): train-mode dropout sites, token averaging, resize
-truncation, single resampling for training, open_clip's text cleaning. Expectations are written by hand."""
+"""Fidelity to the reference (docs/method.md#deviations-from-the-reference): train-mode dropout sites, token
+averaging, resize truncation, single resampling for training, open_clip's text cleaning, the negative prompt is in
+test_prompts.py. Expectations are written by hand."""
 
 from __future__ import annotations
 

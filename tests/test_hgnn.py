@@ -1,4 +1,4 @@
-"""Batched ACE-HGNN against a plain per-sample implementation of the SPEC §3 equations."""
+"""Batched ACE-HGNN against a plain per-sample implementation of the docs/method.md#ace-hgnn equations."""
 
 from __future__ import annotations
 
@@ -131,4 +131,4 @@ def test_mlp_names_and_sizes_match_the_paper():
     assert names == {"edge.down.weight": (128, 512), "edge.down.bias": (128,), "edge.up.weight": (512, 128),
                      "edge.up.bias": (512,), "node.down.weight": (128, 512), "node.down.bias": (128,),
                      "node.up.weight": (512, 128), "node.up.bias": (512,)}
-    assert sum(p.numel() for p in hgnn.parameters()) == 2 * 131_712  # φ_edge + φ_node (SPEC §2)
+    assert sum(p.numel() for p in hgnn.parameters()) == 2 * 131_712  # φ_edge + φ_node (docs/method.md#lora)

@@ -23,7 +23,7 @@ def test_fused_qkv_gets_one_adapter_per_slice(targets):
     original = base.weight.detach().clone()
     layer = LoraLinear(base, [("q", 12), ("k", 12), ("v", 12)], targets, rank=4, alpha=1.0, dropout=0.0,
                        generator=torch.Generator().manual_seed(0)).eval()
-    assert layer.scaling == pytest.approx(1 / math.sqrt(4)) == 0.5  # SPEC §2: alpha / sqrt(r)
+    assert layer.scaling == pytest.approx(1 / math.sqrt(4)) == 0.5  # docs/method.md#lora: alpha / sqrt(r)
     assert list(layer.lora_A) == targets and all(layer.lora_A[t].shape == (4, 12) for t in targets)
     with torch.no_grad():
         for t in targets:

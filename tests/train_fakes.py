@@ -61,7 +61,7 @@ class FakeModel(nn.Module):
 
 
 class FakeLoss(nn.Module):
-    """Label-guided symmetric InfoNCE over the features and labels gathered from every rank (SPEC §4)."""
+    """Label-guided symmetric InfoNCE over the features and labels gathered from every rank (docs/method.md#label-guided-infonce)."""
 
     def __init__(self, label_guided: bool = True):
         super().__init__()

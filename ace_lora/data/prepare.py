@@ -1,4 +1,4 @@
-"""The ``prepare`` stage: raw data set (SPEC §6 layout) -> one processed format.
+"""The ``prepare`` stage: raw data set (its distributed layout, docs/method.md#data-sets) -> one processed format.
 
 ``prepare_dataset(name, raw_root, out_dir, data_cfg)`` reads ``raw_root/<name>/`` in its distributed layout and
 writes ``out_dir`` (normally ``{processed}/<name>/``) atomically:
@@ -203,8 +203,8 @@ def _collect_nih14(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict)
     test_path = _find(raw_dir, ["test_list.txt"], "NIH test_list.txt")
     table = read_nih_table(table_path).set_index("Image Index")
     test_list = read_list(test_path)
-    # first 20 % of the official test list (SPEC §5), extended to the end of the last patient so that the
-    # val and test splits stay patient-disjoint (the list is sorted by image name = patient ID first).
+    # first 20 % of the official test list (docs/method.md#training), extended to the end of the last patient so
+    # that the val and test splits stay patient-disjoint (the list is sorted by image name = patient ID first).
     n_val = int(np.ceil(NIH_VAL_FRACTION * len(test_list)))
     patient_of = lambda name: name.split("_")[0]  # noqa: E731
     while 0 < n_val < len(test_list) and patient_of(test_list[n_val]) == patient_of(test_list[n_val - 1]):

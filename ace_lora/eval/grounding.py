@@ -3,7 +3,7 @@
 Both protocols score every patch node with a linear map ``nodes @ w + b`` (log-odds of the positive class) and
 share the post-processing and metrics below:
 
-* ``grounding`` (zero-shot; SPEC §6 "the other reading of the paper"): ``w`` from the class prompts (step 1);
+* ``grounding`` (zero-shot; docs/method.md#segmentation-and-detection): ``w`` from the class prompts (step 1);
 * ``dataeff_<pct>pct`` (the MGCA data-efficient protocol, lightened): ``w, b`` a logistic-regression head
   trained on the frozen encoder's patch nodes against patch mask coverage (boxes filled in for detection), on a
   seeded ``pct`` % subset of the train split (:func:`train_patch_probe`).

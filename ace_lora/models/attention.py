@@ -1,4 +1,4 @@
-"""Read-out of the last layer's CLS-row attention (the ACE-HGNN prior, SPEC §3) through forward hooks.
+"""Read-out of the last layer's CLS-row attention (the ACE-HGNN prior, docs/method.md#ace-hgnn) through forward hooks.
 
 The towers keep their fused attention (SDPA); forward hooks on the last layer's projection modules capture the
 query of the CLS position and all keys, and the CLS row is recomputed here: ``q0·kj/√d`` (``logits``) or its

@@ -1,4 +1,5 @@
-"""Adapter files: our own format (safetensors + adapter.json) and the official ``ACE_LoRA.pt`` layout (SPEC §5)."""
+"""Adapter files: our own format (safetensors + adapter.json) and the official ``ACE_LoRA.pt`` layout
+(docs/method.md#official-checkpoint)."""
 
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def official_to_adapter_state_dict(weights: dict, model: AceLoraModel) -> dict[str, torch.Tensor]:
-    """Map the official ``weights`` dict (SPEC §5) onto this model's adapter names.
+    """Map the official ``weights`` dict (docs/method.md#official-checkpoint) onto this model's adapter names.
 
     ``layer_{i}/{q,k,v}_proj/w_lora_{A,B}``: layers 0..T-1 = text (BERT) layers, T.. = image (ViT) blocks;
     ``{img,text}_{edge,node}_adapter`` -> ``hgnn_{image,text}.{edge,node}``; ``logit_scale`` (linear space).

@@ -1,4 +1,4 @@
-"""ACE-HGNN: attention-based context-enhancement hypergraph over a token sequence (SPEC §3).
+"""ACE-HGNN: attention-based context-enhancement hypergraph over a token sequence (docs/method.md#ace-hgnn).
 
 Batched over the batch dimension (no per-sample Python loop). Shapes: B batch, N nodes (CLS + P tokens), D features.
 """
@@ -28,7 +28,7 @@ class BottleneckMlp(nn.Module):
 
 def hyperedge_incidence(nodes: torch.Tensor, prior: torch.Tensor, topk: int,
                         node_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Incidence H [B,N,N] (row = hyperedge e_i, column = node) of SPEC §3.
+    """Incidence H [B,N,N] (row = hyperedge e_i, column = node), docs/method.md#ace-hgnn.
 
     nodes [B,N,D] (x0 = CLS), prior [B,N-1] (CLS-row attention over nodes 1..N-1), node_mask [B,N] bool or None
     (False = not a node: it is never selected and its own hyperedge is empty). Top-k selection carries no gradient;

@@ -1,4 +1,4 @@
-"""LoRA adapters that wrap frozen ``nn.Linear`` layers (SPEC §2).
+"""LoRA adapters that wrap frozen ``nn.Linear`` layers (docs/method.md#lora).
 
 ``y = W0·x + b + s · B·A · dropout(x)`` with ``s = alpha / sqrt(r)``. A Linear whose output is a concatenation of
 several projections (timm's fused ``qkv``) is wrapped once and gets one adapter per targeted slice, i.e. a

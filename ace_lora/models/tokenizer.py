@@ -52,7 +52,8 @@ def load_tokenizer(source: str | Path):
 
 def clean_text(text: str) -> str:
     """open_clip's ``whitespace`` cleaning (the BiomedCLIP tokenizer's): ftfy's ``fix_text`` (mojibake, odd
-    characters), HTML entities unescaped twice (``&amp;lt;`` -> ``<``), whitespace runs collapsed to one space, stripped.
+    characters), HTML entities unescaped twice (``&amp;lt;`` -> ``<``), whitespace runs collapsed to one space,
+    stripped.
     """
     import ftfy
 
