@@ -195,3 +195,20 @@ def test_biomedclip_preset_tokenises_cleaned_text(tmp_path):
     assert ids.tolist() == [[2, 5, 11, 3, 0, 0], [2, 10, 3, 0, 0, 0]]  # [CLS] < 2 [SEP]; [CLS] cafe [SEP]
     raw, _ = tokenize(tok, ["&amp;lt; 2"], 8)
     assert raw.tolist() == [[2, 6, 9, 7, 8, 7, 11, 3]]  # uncleaned: [CLS] & amp ; lt ; 2 [SEP]
+
+
+def test_cache_then_eval_transform_equals_open_clip_preprocessing_of_the_original():
+    """open_clip's BiomedCLIP preprocessing (resize shortest side 224, bicubic; centre crop) as the oracle: the cache
+    (shortest side 224, truncated long side) followed by our eval transform gives the same tensor exactly."""
+    from open_clip.transform import image_transform
+
+    from ace_lora.models.biomedclip import build_image_transform
+
+    preset = PRESETS["biomedclip"]
+    oracle = image_transform(224, is_train=False, mean=preset.mean, std=preset.std)
+    ours = build_image_transform(preset, train=False)
+    rng = np.random.default_rng(1)
+    for size in ((300, 451), (451, 300)):  # 336.75: a rounded cache (337) would shift the crop by half a pixel
+        original = Image.fromarray(rng.integers(0, 256, size[::-1], dtype=np.uint8), mode="L")
+        cache = _resize_shortest(original, 224, Image.Resampling.BICUBIC)
+        assert torch.equal(ours(cache), oracle(original))
