@@ -68,8 +68,15 @@ def _two_train_passes(model):
         return model(images, ids, mask), model(images, ids, mask)
 
 
-def test_faithful_train_mode_is_deterministic_with_every_reference_site_at_zero(vocab, dropping_tiny):
-    model = build_tiny(vocab, lora={"dropout": 0.0})  # default dropout_sites: reference
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("biomedclip", marks=pytest.mark.slow)])
+def test_faithful_train_mode_is_deterministic_with_every_reference_site_at_zero(vocab, dropping_tiny, preset):
+    if preset == "tiny":
+        model = build_tiny(vocab, lora={"dropout": 0.0})  # default dropout_sites: reference
+    else:  # random paper-size towers (BERT dropout 0.1 at every site of the preset)
+        from ace_lora.config import LoraConfig, ModelConfig
+        from ace_lora.models import build_model
+
+        model = build_model(ModelConfig(preset="biomedclip", tokenizer=str(vocab), lora=LoraConfig(dropout=0.0)))
     _zero_reference_sites(model)
     assert active_dropout_sites(model) == []
     (i1, t1), (i2, t2) = _two_train_passes(model)
