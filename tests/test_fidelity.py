@@ -219,3 +219,28 @@ def test_cache_then_eval_transform_equals_open_clip_preprocessing_of_the_origina
         original = Image.fromarray(rng.integers(0, 256, size[::-1], dtype=np.uint8), mode="L")
         cache = _resize_shortest(original, 224, Image.Resampling.BICUBIC)
         assert torch.equal(ours(cache), oracle(original))
+
+
+# ------------------------------------------------------------------------------------------------- docs
+
+
+def test_method_doc_anchors_exist_and_no_spec_pointers_remain():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    headings = re.findall(r"^#{1,6} (.+)$", (root / "docs" / "method.md").read_text(), flags=re.M)
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    files = [root / "README.md", root / "params.yaml", *root.glob("configs/*.yaml"), *root.glob("docs/*.md"),
+             *root.glob("ace_lora/**/*.py"), *root.glob("workflow/**/*"), *root.glob("benchmarks/*.py"),
+             *root.glob("tests/*.py")]
+    used = set()
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        assert not re.search(r"SPEC(\.md| §)", text), f"{path} points at the internal spec, not docs/method.md"
+        used |= {(path.name, a) for a in re.findall(r"docs/method\.md#([\w\-]+)", text)}
+    assert used, "nothing points at docs/method.md"
+    missing = sorted((name, a) for name, a in used if a not in anchors)
+    assert not missing, f"anchors not in docs/method.md: {missing}"
