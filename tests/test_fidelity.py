@@ -160,6 +160,25 @@ def test_cache_resize_matches_torchvision_resize():
         assert _resize_shortest(img, 224, Image.Resampling.BICUBIC).size == T.Resize(224)(img).size
 
 
+def test_square_training_cache_then_train_transform_resamples_once_like_the_reference(vocab):
+    """The reference's training transform: Resize((224, 224), bicubic) on the original. A square cache followed by
+    our training transform gives the same tensor; the shortest-side cache resamples twice and does not."""
+    from torchvision import transforms as T
+
+    from ace_lora.models.biomedclip import build_image_transform
+
+    preset = PRESETS["biomedclip"]
+    reference = T.Compose([T.Resize((224, 224), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                           T.Normalize(preset.mean, preset.std)])
+    ours = build_image_transform(preset, train=True)
+    original = Image.fromarray(np.random.default_rng(2).integers(0, 256, (451, 300), dtype=np.uint8)).convert("RGB")
+    square = _resize_shortest(original, 224, Image.Resampling.BICUBIC, square=True)
+    assert square.size == (224, 224)
+    assert torch.equal(ours(square), reference(original))
+    twice = ours(_resize_shortest(original, 224, Image.Resampling.BICUBIC))
+    assert not torch.equal(twice, reference(original))
+
+
 def test_training_transform_does_not_resample_a_cache_at_the_input_size(vocab):
     model = build_tiny(vocab)
     size = model.preset.image_size

@@ -346,10 +346,16 @@ _COLLECT = {"mimic": _collect_mimic, "nih14": _collect_nih14, "chexpert": _colle
 # ---------------------------------------------------------------------------------------------- process
 
 
-def _resize_shortest(img: Image.Image, size: int, resample: int) -> Image.Image:
+def _resize_shortest(img: Image.Image, size: int, resample: int, square: bool = False) -> Image.Image:
     """Shortest side to ``size``, long side ``int(size * long / short)`` (truncated, as torchvision's and
-    open_clip's ``Resize(size)``), so the evaluation centre crop of the cache sits where the reference's does."""
+    open_clip's ``Resize(size)``), so the evaluation centre crop of the cache sits where the reference's does.
+
+    ``square``: straight to ``size`` x ``size`` instead, as the reference's training transform resizes a training
+    image; a training cache written so is not resampled again by the training transform (docs/method.md#training).
+    """
     w, h = img.size
+    if square:
+        return img if (w, h) == (size, size) else img.resize((size, size), resample)
     if min(w, h) == size:
         return img
     if w <= h:
