@@ -44,7 +44,8 @@ def param(default: Any, help: str, *, choices: tuple | None = None, minimum: flo
 class LoraConfig:
     enabled: bool = param(True, "Add LoRA adapters (False: towers stay exactly the base model).")
     rank: int = param(4, "LoRA rank r.", minimum=1)
-    alpha: float = param(1.0, "LoRA alpha; scaling s = alpha / sqrt(rank) (rsLoRA-style, docs/method.md#lora).", minimum=0)
+    alpha: float = param(1.0, "LoRA alpha; scaling s = alpha / sqrt(rank) (rsLoRA-style, docs/method.md#lora).",
+                         minimum=0)
     dropout: float = param(0.1, "Dropout on the LoRA input only.", minimum=0, maximum=1)
     targets: list = param(["q", "k", "v"], "Attention projections that get an adapter.", items=("q", "k", "v", "o"))
     towers: list = param(["image", "text"], "Towers that get adapters.", items=("image", "text"))
@@ -99,7 +100,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    label_guided: bool = param(True, "Remove same-label pairs from InfoNCE denominators (docs/method.md#label-guided-infonce); "
+    label_guided: bool = param(True, "Remove same-label pairs from InfoNCE denominators "
+                               "(docs/method.md#label-guided-infonce); "
                                "False: plain symmetric InfoNCE.")
     learnable_scale: bool = param(True, "Learn the logit scale (linear space, initialised from BiomedCLIP's).")
 

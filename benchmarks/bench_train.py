@@ -5,7 +5,7 @@ label-guided InfoNCE loss, backward, AdamW on the trainable parameters) on synth
 token ids filling the whole context (the worst case; padding columns are skipped only when no padding position is
 a node, ``hgnn.text_nodes: content``; see ``bench_model.py --fill``) and random labels. Towers are random (no checkpoint), which does not change the cost.
 
-FLOP model (standard dense-transformer counts): a transformer layer's forward costs 2 x [T (4 d^2 + 2 d d_ff) + 2 T^2 d] FLOP for T
+FLOP model (standard counts): a transformer layer's forward costs 2 x [T (4 d^2 + 2 d d_ff) + 2 T^2 d] FLOP for T
 tokens of width d (ViT-B/16 at 224: 34.9 GFLOP, BERT-base at 256 tokens: 45.9 GFLOP per pair; heads, patch embedding
 and ACE-HGNN are ignored: < 2 %). A training step is counted as 3 x forward, the usual convention; with frozen towers
 the backward pass skips the weight-gradient GEMMs, so the work actually executed is closer to 2 x forward — both

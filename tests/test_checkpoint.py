@@ -1,4 +1,5 @@
-"""Adapter files: save/load round trip, mismatch errors, and import of the official ACE_LoRA.pt layout (docs/method.md#official-checkpoint)."""
+"""Adapter files: save/load round trip, mismatch errors, and import of the official ACE_LoRA.pt layout
+(docs/method.md#official-checkpoint)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ace_lora.data.prepare import _resize_shortest
@@ -248,7 +247,7 @@ def test_method_doc_anchors_exist_and_no_spec_pointers_remain():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    headings = re.findall(r"^#{1,6} (.+)$", (root / "docs" / "method.md").read_text(), flags=re.M)
+    headings = re.findall(r"^#{1,6} (.+)$", (root / "docs" / "method.md").read_text(), flags=re.MULTILINE)
     anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
     files = [root / "README.md", root / "params.yaml", *root.glob("configs/*.yaml"), *root.glob("docs/*.md"),
              *root.glob("ace_lora/**/*.py"), *root.glob("workflow/**/*"), *root.glob("benchmarks/*.py"),

@@ -1,4 +1,5 @@
-"""Label-guided InfoNCE (docs/method.md#label-guided-infonce): plain cases, masked denominators by hand, and the global batch across ranks."""
+"""Label-guided InfoNCE (docs/method.md#label-guided-infonce): plain cases, masked denominators by hand, and the
+global batch across ranks."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def _emb(b=6, d=8, seed=0):
 
 
 def hand_loss(img, txt, scale, labels=None):
-    """docs/method.md#label-guided-infonce written out: 1/(2B) Σ_i [-log(e^{s<v_i,t_i>} / Σ_j M_ij e^{s<v_i,t_j>}) + (same for t_i vs v_j)]."""
+    """docs/method.md#label-guided-infonce written out:
+    1/(2B) Σ_i [-log(e^{s<v_i,t_i>} / Σ_j M_ij e^{s<v_i,t_j>}) + (same for t_i vs v_j)]."""
     b = img.shape[0]
     total = 0.0
     for i in range(b):

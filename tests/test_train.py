@@ -346,7 +346,8 @@ def test_real_missing_training_data_fails_early(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_demo_training_raises_validation_metric(tmp_path):
-    """README, "What the demo shows": on the demo-like data a short run beats the untrained model on the validation benchmark."""
+    """README, "What the demo shows": on the demo-like data a short run beats the untrained model on the validation
+    benchmark."""
     base = prepare_tiny_data(tmp_path / "demo", n_train=2000, n_per_class=60)
     params = real_params(base, lora={"dropout": 0.0}, batch_size=64, epochs=10, max_steps=300, warmup_epochs=0.5,
                          validate_every=100, checkpoint_every=1000, log_every=50)

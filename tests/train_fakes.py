@@ -61,7 +61,8 @@ class FakeModel(nn.Module):
 
 
 class FakeLoss(nn.Module):
-    """Label-guided symmetric InfoNCE over the features and labels gathered from every rank (docs/method.md#label-guided-infonce)."""
+    """Label-guided symmetric InfoNCE over the features and labels gathered from every rank
+    (docs/method.md#label-guided-infonce)."""
 
     def __init__(self, label_guided: bool = True):
         super().__init__()

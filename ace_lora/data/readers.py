@@ -399,7 +399,8 @@ def report_sections(text: str) -> dict[str, str]:
 
 
 def report_text(text: str) -> str:
-    """Findings + impression of a report (docs/method.md#training); the whole report (whitespace-normalised) if it has neither."""
+    """Findings + impression of a report (docs/method.md#training); the whole report (whitespace-normalised) if it
+    has neither."""
     sections = report_sections(text)
     parts = [sections[k] for k in ("FINDINGS", "FINDINGS AND IMPRESSION", "IMPRESSION") if sections.get(k)]
     return " ".join(parts) if parts else " ".join(text.split())
