@@ -58,6 +58,19 @@ def redact_url(text: str) -> str:
     return _QUERY_PARAM.sub(lambda m: f"{m[1]}{m[2]}=***" if _SECRET_PARAM.search(m[2]) else m[0], text)
 
 
+class _RedactFilter(logging.Filter):
+    """Redacts URLs in log records (this module's and urllib3's request lines, which hold the query string)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact_url(record.getMessage()), ()
+        return True
+
+
+for _name in (__name__, "urllib3.connectionpool"):
+    if not any(isinstance(f, _RedactFilter) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_RedactFilter())
+
+
 class FetchError(RuntimeError):
     """The raw data set is missing, incomplete or cannot be fetched; the message says what to do (URLs redacted)."""
 
