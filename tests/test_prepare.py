@@ -33,7 +33,7 @@ def _png(path: Path, shape=(24, 32), seed=0, rgb=False, fmt=None) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------- raw layouts (SPEC §6)
+# ------------------------------------------------------------------------------- raw layouts
 
 
 def raw_mimic(root: Path) -> Path:

@@ -1,4 +1,5 @@
-"""The ``fetch`` stage: put a data set's raw files into ``{raw}/<name>/`` in its distributed layout (SPEC §6).
+"""The ``fetch`` stage: put a data set's raw files into ``{raw}/<name>/`` in its distributed layout
+(docs/ARCHITECTURE.md lists each layout).
 
 ``data.source: demo`` generates the synthetic fixture (:mod:`ace_lora.data.fixtures`) atomically and skips the
 work when a complete one with the same settings exists. ``data.source: real`` verifies data already in place,
@@ -229,7 +230,7 @@ def _extract(archive: Path, into: Path) -> None:
 
 
 def verify_layout(name: str, root: str | Path) -> dict:
-    """Check ``root`` (= ``{raw}/<name>``) has the files SPEC §6 lists; returns the layout record.
+    """Check ``root`` (= ``{raw}/<name>``) has the files its layout (:data:`LAYOUTS`) needs; returns the layout record.
 
     Raises :class:`FetchError` listing what is missing (and what to get, from where).
     """

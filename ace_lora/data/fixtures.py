@@ -1,4 +1,4 @@
-"""Synthetic data sets in each data set's distributed raw layout (SPEC §6): test fixtures and the embedded demo.
+"""Synthetic data sets in each data set's distributed raw layout: test fixtures and the embedded demo.
 
 ``write_fixture(dataset, raw_dir, cfg)`` writes one data set into ``raw_dir`` exactly as the real archive
 unpacks (file names, table columns, value spellings, gzip tables, DICOM attributes), at the sizes of
@@ -117,7 +117,7 @@ _TRAIN_WEIGHTS = {"Atelectasis": 3, "Cardiomegaly": 3, "Consolidation": 3, "Edem
                   "Lung Lesion": 1, "Pleural Other": 1, "Fracture": 1, "Support Devices": 1}
 # Findings that may accompany a "Normal" RSNA/SIIM image without being the target.
 _DISTRACTORS = ("Cardiomegaly", "Support Devices", "Pleural Other", "Fracture", "Enlarged Cardiomediastinum")
-# Fraction of RSNA / SIIM images the protocols hold out for testing (SPEC §6: RSNA 70/15/15, SIIM 30 %): the
+# Fraction of RSNA / SIIM images the protocols hold out for testing (RSNA 70/15/15, SIIM 30 %): the
 # fixture writes enough images per class that the test split holds about ``n_per_class`` of each.
 TEST_FRACTION = {"rsna": 0.15, "siim": 0.30}
 # Painting order: structural changes first, overlays after.

@@ -1,4 +1,4 @@
-"""The ``prepare`` stage: raw data set (SPEC §6 layout) -> one processed format.
+"""The ``prepare`` stage: raw data set (its distributed layout) -> one processed format.
 
 ``prepare_dataset(name, raw_root, out_dir, data_cfg)`` reads ``raw_root/<name>/`` in its distributed layout and
 writes ``out_dir`` (normally ``{processed}/<name>/``) atomically:
@@ -236,7 +236,7 @@ def _collect_nih14(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict)
     test_path = _find(raw_dir, ["test_list.txt"], "NIH test_list.txt")
     table = read_nih_table(table_path, on_bad=issues).set_index("Image Index")
     test_list = read_list(test_path)
-    # first 20 % of the official test list (SPEC §5), extended to the end of the last patient so that the
+    # first 20 % of the official test list (the paper's NIH validation), extended to the end of the last patient so that the
     # val and test splits stay patient-disjoint (the list is sorted by image name = patient ID first).
     n_val = int(np.ceil(NIH_VAL_FRACTION * len(test_list)))
     patient_of = lambda name: name.split("_")[0]  # noqa: E731

@@ -1,4 +1,4 @@
-"""Readers of the raw data set formats (SPEC §6): images, DICOMs, label tables and SIIM RLE masks.
+"""Readers of the raw data set formats: images, DICOMs, label tables and SIIM RLE masks.
 
 Every reader raises :class:`BadInputError` naming the offending file (and row, for tables) so that
 ``prepare`` can either stop with a precise message or skip and count the input
@@ -550,7 +550,7 @@ def report_sections(text: str) -> dict[str, str]:
 
 
 def report_text(text: str) -> str:
-    """Findings + impression of a report (SPEC §5); the whole report (whitespace-normalised) if it has neither."""
+    """Findings + impression of a report (the training text); the whole report (whitespace-normalised) if it has neither."""
     sections = report_sections(text)
     parts = [sections[k] for k in ("FINDINGS", "FINDINGS AND IMPRESSION", "IMPRESSION") if sections.get(k)]
     return " ".join(parts) if parts else " ".join(text.split())
