@@ -42,7 +42,7 @@ def _follow_umask(path: Path, folder: bool) -> None:
 
 def _temp_pattern(path: Path, folder: bool) -> re.Pattern:
     base, suffix = (path.name, "") if folder else (path.stem, path.suffix)
-    return re.compile(rf"\.{re.escape(base)}\.(?:(\d+)\.)?[a-z0-9_]+\.(?:tmp|old){re.escape(suffix)}")
+    return re.compile(rf"\.{re.escape(base)}\.(?:(\d+)\.)?(?:[a-z0-9_]+\.)?(?:tmp|old){re.escape(suffix)}")
 
 
 def _alive(pid: int) -> bool:

@@ -84,6 +84,9 @@ def test_a_rerun_sweeps_the_temporary_files_a_killed_run_left(tmp_path):
     _aged(stale_old)
     stale_file = _aged(_touch(tmp_path / f".metrics.{dead}.k2j4h5g6.tmp.json"))
     legacy_file = _aged(_touch(tmp_path / ".metrics.k2j4h5g6.tmp.json"))  # before temp names carried a pid
+    legacy_old = tmp_path / ".prepared.old"
+    legacy_old.mkdir()
+    _aged(legacy_old)
     live = _aged(_touch(tmp_path / f".metrics.{os.getppid()}.k2j4h5g6.tmp.json"))  # a concurrent writer
     fresh = _touch(tmp_path / f".metrics.{dead}.zzzz9999.tmp.json")  # newer than this process: not ours to judge
     others = [_aged(_touch(tmp_path / f".metrics.{dead}.k2j4h5g6.tmp.csv")),  # another output's temp file
@@ -93,7 +96,7 @@ def test_a_rerun_sweeps_the_temporary_files_a_killed_run_left(tmp_path):
     assert live.exists() and fresh.exists() and all(p.exists() for p in others)
     with atomic_dir(tmp_path / "prepared") as tmp:
         (tmp / "manifest.csv").write_text("good")
-    assert not stale_dir.exists() and not stale_old.exists()
+    assert not stale_dir.exists() and not stale_old.exists() and not legacy_old.exists()
     assert (tmp_path / "prepared" / "manifest.csv").read_text() == "good"
 
 
