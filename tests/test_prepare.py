@@ -329,6 +329,7 @@ def test_prepare_bad_input_skip_counts(tmp_path, caplog):
     assert "not found" in reasons["train-rle.csv"]
     assert reasons[truncated.relative_to(tmp_path / "raw" / "siim").as_posix()].startswith("cannot decode DICOM")
     assert json.loads((tmp_path / "out" / "prepare_report.json").read_text())["skipped"] == skipped
+    assert str(tmp_path) not in json.dumps(report)  # files and reasons name no machine path
     assert "2 input(s) skipped" in caplog.text and truncated.name in caplog.text  # the stage log says it too
 
 

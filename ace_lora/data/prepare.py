@@ -89,8 +89,10 @@ class _Issues:
         if self.mode != "skip":
             raise err
         path = Path(err.path)
-        shown = path.relative_to(self.raw_dir).as_posix() if _within(self.raw_dir, path) else path.name
-        self.skipped.append({"file": shown, "row": err.row, "kind": err.kind, "reason": err.reason})
+        shown = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(self.raw_dir))).as_posix() \
+            if _within(self.raw_dir, path) else path.name
+        reason = err.reason.replace(str(self.raw_dir), self.raw_dir.name)  # no machine path in the report
+        self.skipped.append({"file": shown, "row": err.row, "kind": err.kind, "reason": reason})
         log.warning("skipped %s", err)
 
     def lookup(self, files: dict[str, Path], key: str, table: Path, row: int | None, raw_dir: Path,
@@ -236,8 +238,8 @@ def _collect_nih14(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict)
     test_path = _find(raw_dir, ["test_list.txt"], "NIH test_list.txt")
     table = read_nih_table(table_path, on_bad=issues).set_index("Image Index")
     test_list = read_list(test_path)
-    # first 20 % of the official test list (the paper's NIH validation), extended to the end of the last patient so that the
-    # val and test splits stay patient-disjoint (the list is sorted by image name = patient ID first).
+    # first 20 % of the official test list (the paper's NIH validation), extended to the end of the last patient
+    # so that the val and test splits stay patient-disjoint (the list is sorted by image name = patient ID first).
     n_val = int(np.ceil(NIH_VAL_FRACTION * len(test_list)))
     patient_of = lambda name: name.split("_")[0]  # noqa: E731
     while 0 < n_val < len(test_list) and patient_of(test_list[n_val]) == patient_of(test_list[n_val - 1]):
