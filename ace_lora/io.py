@@ -85,6 +85,13 @@ def sweep_stale(path: str | Path, folder: bool = False) -> list[Path]:
     return removed
 
 
+def within(root: str | Path, path: str | Path) -> bool:
+    """Whether ``path`` lies inside ``root`` once ``.`` and ``..`` are resolved lexically: the check for paths built
+    from table values or archive entries (links the user placed in a data folder are trusted)."""
+    root, path = os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.abspath(path))
+    return os.path.commonpath([root, path]) == root
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it over ``path``.
 

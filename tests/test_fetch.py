@@ -441,5 +441,7 @@ def test_urls_in_errors_and_logs_are_redacted(server, tmp_path, caplog, url):
 def test_redact_url_keeps_what_helps_and_hides_secrets():
     assert redact_url("https://u:pw@h.org/a/b.zip?X-Amz-Date=20260101&X-Amz-Signature=abc") == \
         "https://***@h.org/a/b.zip?X-Amz-Date=20260101&X-Amz-Signature=***"
-    assert redact_url("fetching /f.zip?access_token=xyz&part=2 failed") == "fetching /f.zip?access_token=***&part=2 failed"
-    assert redact_url("https://physionet.org/files/mimic-cxr-jpg/2.1.0/") == "https://physionet.org/files/mimic-cxr-jpg/2.1.0/"
+    assert redact_url("fetching /f.zip?access_token=xyz&part=2 failed") == \
+        "fetching /f.zip?access_token=***&part=2 failed"
+    plain = "https://physionet.org/files/mimic-cxr-jpg/2.1.0/"
+    assert redact_url(plain) == plain

@@ -331,7 +331,8 @@ def test_readers_safe_name_keeps_real_ids():
 @pytest.mark.parametrize("tags,match", [({"Modality": "CT"}, "Modality is CT, not a radiograph"),
                                         ({"Modality": "US"}, "Modality is US"),
                                         ({"PhotometricInterpretation": "RGB"}, "PhotometricInterpretation is RGB"),
-                                        ({"PhotometricInterpretation": "PALETTE COLOR"}, "PhotometricInterpretation is PALETTE COLOR")])
+                                        ({"PhotometricInterpretation": "PALETTE COLOR"},
+                                         "PhotometricInterpretation is PALETTE COLOR")])
 def test_readers_dicom_that_is_not_a_grayscale_radiograph(tmp_path, tags, match):
     photometric = tags.pop("PhotometricInterpretation", "MONOCHROME2")
     path = write_dicom(tmp_path / "scan.dcm", np.zeros((4, 4), np.uint16), photometric, **tags)

@@ -37,7 +37,7 @@ import requests
 from ace_lora.config import DataConfig, to_dict
 from ace_lora.data.fixtures import DATASETS, FIXTURE_VERSION, write_fixture
 from ace_lora.data.readers import BadInputError, read_table, safe_name
-from ace_lora.io import atomic_dir
+from ace_lora.io import atomic_dir, within
 
 __all__ = ["FetchError", "DownloadError", "fetch_dataset", "verify_layout", "download", "fingerprint_files",
            "redact_url", "SOURCES", "LAYOUTS"]
@@ -204,10 +204,6 @@ def download(url: str, dest: str | Path, sha256: str | None = None, auth: tuple[
     return dest
 
 
-def _within(root: Path, path: Path) -> bool:
-    root, path = os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.abspath(path))
-    return os.path.commonpath([root, path]) == root
-
 
 def _extract(archive: Path, into: Path) -> None:
     """Unzip ``archive`` into ``into``; entries that are links, or that would land outside the folder, are refused
@@ -219,7 +215,7 @@ def _extract(archive: Path, into: Path) -> None:
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise FetchError(f"{archive}: refusing entry {info.filename!r}: it is a symbolic link; the archive "
                                      "is not the expected data set")
-                if not _within(into, into / info.filename) or (into / info.filename).resolve() == into:
+                if not within(into, into / info.filename) or (into / info.filename).resolve() == into:
                     raise FetchError(f"{archive}: refusing entry {info.filename!r} outside the target folder")
             zf.extractall(into)
     except (zipfile.BadZipFile, EOFError) as err:
@@ -426,7 +422,7 @@ def _fetch_mimic(dest: Path, data_cfg: DataConfig) -> None:
         except BadInputError as err:
             raise FetchError(f"{err}. Refusing to download from a table with such ids.") from None
         rel = f"files/p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg"
-        if not _within(work, work / rel):
+        if not within(work, work / rel):
             raise FetchError(f"{table}, row {rec.row}: path {rel!r} leaves {work}; refusing to download")
         files.append(rel)
     for rel in files:
@@ -465,8 +461,9 @@ def _fetch_real(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
 def fetch_dataset(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
     """Make ``raw_root/name`` hold data set ``name`` in its raw layout; returns the layout record
     (``dataset``, ``source``, ``tables``, ``sha256`` of the label tables, ``counts``, ``files`` (the
-    :func:`fingerprint_files` of the folder), and for the demo ``settings`` + ``fixture`` summary). The record depends only on the data, not on whether this call generated,
-    downloaded or merely verified it, so re-running the stage leaves downstream stages up to date."""
+    :func:`fingerprint_files` of the folder), and for the demo ``settings`` + ``fixture`` summary). The record
+    depends only on the data, not on whether this call generated, downloaded or merely verified it, so re-running
+    the stage leaves downstream stages up to date."""
     if name not in DATASETS:
         raise FetchError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     raw_root = Path(raw_root)

@@ -43,7 +43,7 @@ from ace_lora.data.readers import (
     check_names, drop_duplicates, read_dicom_header, read_image, read_list, read_mimic_tables, read_nih_table,
     read_rsna_labels, read_siim_rle, read_table, report_text, rle_extent, select_chexpert_5x200, siim_image_table,
 )
-from ace_lora.io import atomic_dir
+from ace_lora.io import atomic_dir, within
 
 DATASETS = ("mimic", "nih14", "chexpert", "rsna", "siim", "mhist", "lc25000")
 
@@ -90,7 +90,7 @@ class _Issues:
             raise err
         path = Path(err.path)
         shown = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(self.raw_dir))).as_posix() \
-            if _within(self.raw_dir, path) else path.name
+            if within(self.raw_dir, path) else path.name
         reason = err.reason.replace(str(self.raw_dir), self.raw_dir.name)  # no machine path in the report
         self.skipped.append({"file": shown, "row": err.row, "kind": err.kind, "reason": reason})
         log.warning("skipped %s", err)
@@ -111,12 +111,6 @@ class _Issues:
             by_reason[item["kind"]] = by_reason.get(item["kind"], 0) + 1
         return {"count": len(inputs), "by_reason": dict(sorted(by_reason.items())), "inputs": inputs}
 
-
-def _within(root: Path, path: Path) -> bool:
-    """Whether ``path`` lies inside ``root`` once ``..`` and ``.`` are resolved lexically (paths built from table
-    values; links the user placed in the raw folder are trusted)."""
-    root, path = os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.abspath(path))
-    return os.path.commonpath([root, path]) == root
 
 
 # ------------------------------------------------------------------------------------------ finding files
@@ -282,7 +276,7 @@ def _collect_chexpert(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: di
         candidates = [b / rel for b in bases]
         if len(rel.parts) > 1:  # Path starts with the archive folder (CheXpert-v1.0-small/...) = train.csv's folder
             candidates.append(table_path.parent / Path(*rel.parts[1:]))
-        source = next((c for c in candidates if _within(raw_dir, c) and c.is_file()), None)
+        source = next((c for c in candidates if within(raw_dir, c) and c.is_file()), None)
         if source is None:
             issues(BadInputError(table_path, f"image {rel} not found under {raw_dir}", int(rec.row),
                                  kind="missing_file"))
@@ -406,7 +400,7 @@ def _process(item: _Item, out: Path, size: int) -> dict:
 
     The per-image unit of work: it reads only ``item`` and writes only below ``out``.
     """
-    if not _within(out, out / item.image):
+    if not within(out, out / item.image):
         raise BadInputError(item.source, f"output name {item.image!r} would leave the prepared folder", kind="bad_id")
     img = read_image(item.source)
     img = img.convert(item.mode)

@@ -337,7 +337,8 @@ def siim_image_table(rle: pd.DataFrame, source: str | Path = "<rle>", on_bad: On
     for image_id in mixed:
         rows = [int(r) for r in rle.loc[rle["ImageId"] == image_id, "row"]]
         on_bad(BadInputError(source, f"image {image_id} has both a '-1' (no pneumothorax) row and RLE rows "
-                             f"(rows {rows}); keep either the -1 row or the RLE rows", rows[0], kind="conflicting_rows"))
+                             f"(rows {rows}); keep either the -1 row or the RLE rows", rows[0],
+                             kind="conflicting_rows"))
     if len(mixed):
         keep = ~rle["ImageId"].isin(mixed)
         rle, positive = rle[keep], positive[keep]
@@ -550,7 +551,8 @@ def report_sections(text: str) -> dict[str, str]:
 
 
 def report_text(text: str) -> str:
-    """Findings + impression of a report (the training text); the whole report (whitespace-normalised) if it has neither."""
+    """Findings + impression of a report (the training text); the whole report (whitespace-normalised) if it has
+    neither."""
     sections = report_sections(text)
     parts = [sections[k] for k in ("FINDINGS", "FINDINGS AND IMPRESSION", "IMPRESSION") if sections.get(k)]
     return " ".join(parts) if parts else " ".join(text.split())
