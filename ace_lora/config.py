@@ -142,7 +142,12 @@ class DataConfig:
     image_size: int = param(64, "Shortest side of the prepared image cache (224 for the paper).", minimum=16)
     on_bad_input: str = param("error", "error: stop at the first bad file, naming it. skip: skip and count it "
                               "in prepare_report.json.", choices=("error", "skip"))
-    split_seed: int = param(0, "Seed of every protocol split (RSNA, SIIM, CheXpert 5x200 sampling).")
+    split_seed: int = param(0, "Seed of the RSNA and SIIM patient splits (each patient's split hashes its id with it).")
+    chexpert_seed: int = param(0, "Seed of the CheXpert 5x200 sampling (MGCA's random_state 0), independent of "
+                               "split_seed.")
+    raw_hash: str = param("content", "How the fetch record fingerprints the raw files: content (sha256 of every "
+                          "file) or stat (size + mtime; much faster on full data sets, misses in-place edits that "
+                          "keep both).", choices=("content", "stat"))
     demo: DemoConfig = param(DemoConfig(), "Synthetic demo data settings.")
     urls: dict = param({}, "source real: download URLs overriding the defaults, per key: lc25000 (a mirror of "
                        "LC25000.zip), mimic (MIMIC-CXR-JPG base URL), mimic_reports (mimic-cxr-reports.zip).")

@@ -2,10 +2,14 @@
 missing data, and HTTP downloads (Range resume, checksum, basic auth) against a local server."""
 
 import base64
+import gzip
 import hashlib
 import io
 import json
+import os
+import stat
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +19,7 @@ import pytest
 from ace_lora.config import DataConfig, DemoConfig
 from ace_lora.data import fixtures as fx
 from ace_lora.data.fetch import (FIXTURE_MARKER, SOURCES, DownloadError, FetchError, download, fetch_dataset,
-                                 verify_layout)
+                                 fingerprint_files, redact_url, verify_layout)
 
 TINY = DemoConfig(seed=1, n_train=12, n_per_class=3, image_size=16)
 
@@ -285,3 +289,159 @@ def test_real_mimic_from_a_physionet_style_server(server, tmp_path, monkeypatch)
 def test_verify_layout_unknown_dataset(tmp_path):
     with pytest.raises(FetchError, match="unknown data set"):
         verify_layout("imagenet", tmp_path)
+
+
+# --------------------------------------------------------------------- deterministic records, raw fingerprints
+
+
+def test_fetch_record_is_identical_on_a_rerun_and_holds_no_machine_path(tmp_path):
+    cfg = DataConfig(demo=TINY)
+    first = json.dumps(fetch_dataset("rsna", tmp_path / "a", cfg), sort_keys=True)
+    assert json.dumps(fetch_dataset("rsna", tmp_path / "a", cfg), sort_keys=True) == first  # verified in place
+    assert json.dumps(fetch_dataset("rsna", tmp_path / "b", cfg), sort_keys=True) == first  # generated elsewhere
+    assert str(tmp_path) not in first and "seconds" not in first
+
+
+@pytest.mark.parametrize("mode", ["content", "stat"])
+def test_fetch_record_changes_when_one_raw_image_changes(tmp_path, mode):
+    fx.write_fixture("rsna", tmp_path / "rsna", TINY)
+    cfg = DataConfig(source="real", raw_hash=mode)
+    before = fetch_dataset("rsna", tmp_path, cfg)
+    assert before["files"]["hash"] == mode and before["files"]["count"] == before["counts"]["images"] + 1
+    assert fetch_dataset("rsna", tmp_path, cfg) == before
+    image = sorted((tmp_path / "rsna").rglob("*.dcm"))[3]
+    data = bytearray(image.read_bytes())
+    data[-1] ^= 0xFF  # a repaired (or damaged) pixel: same size, same name
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    after = fetch_dataset("rsna", tmp_path, cfg)
+    assert after["files"]["sha256"] != before["files"]["sha256"]
+    assert after["sha256"] == before["sha256"] and after["counts"] == before["counts"]  # the old record missed it
+
+
+def test_fingerprint_cost_on_the_demo(tmp_path):
+    """Content hashing of a whole demo data set stays well under the stage's budget (figures: see the report)."""
+    fx.write_fixture("mimic", tmp_path / "mimic", DemoConfig(n_train=400, n_per_class=8))
+    start = time.perf_counter()
+    content = fingerprint_files(tmp_path / "mimic", "content")
+    seconds = time.perf_counter() - start
+    stat = fingerprint_files(tmp_path / "mimic", "stat")
+    assert content["count"] == stat["count"] > 800 and content["sha256"] != stat["sha256"]
+    assert seconds < 10, f"hashing {content['bytes']} bytes took {seconds:.1f} s"
+
+
+# ----------------------------------------------------------------------- hostile tables, archives and URLs
+
+
+def _serve_mimic(server, tmp_path, monkeypatch, edit_metadata=None) -> DataConfig:
+    src = tmp_path / "src"
+    fx.write_fixture("mimic", src, TINY)
+    if edit_metadata is not None:
+        path = src / "mimic-cxr-2.0.0-metadata.csv.gz"
+        with gzip.open(path, "rt") as f:
+            text = f.read()
+        with gzip.open(path, "wt") as f:
+            f.write(edit_metadata(text))
+    for p in src.rglob("*"):
+        if p.is_file() and p.suffix != ".txt":
+            server.files["/jpg/" + p.relative_to(src).as_posix()] = p.read_bytes()
+    reports = io.BytesIO()
+    with zipfile.ZipFile(reports, "w") as zf:
+        for p in sorted(src.rglob("*.txt")):
+            zf.write(p, p.relative_to(src).as_posix())
+    server.files["/reports.zip"] = reports.getvalue()
+    server.auth = ("u", "p")
+    monkeypatch.setenv("PHYSIONET_USERNAME", "u")
+    monkeypatch.setenv("PHYSIONET_PASSWORD", "p")
+    return DataConfig(source="real", urls={"mimic": server.url + "/jpg/", "mimic_reports": server.url + "/reports.zip"})
+
+
+def test_mimic_table_with_a_traversal_dicom_id_is_refused_before_any_image_request(server, tmp_path, monkeypatch):
+    def hostile(text: str) -> str:
+        lines = text.splitlines()
+        first = lines[1].split(",")
+        first[0] = "../../../../../../evil"
+        lines[1] = ",".join(first)
+        return "\n".join(lines) + "\n"
+
+    cfg = _serve_mimic(server, tmp_path, monkeypatch, hostile)
+    server.files["/evil.jpg"] = b"server-chosen bytes"
+    before = sorted(p for p in tmp_path.rglob("*") if "src" not in p.parts)
+    with pytest.raises(FetchError, match=r"metadata\.csv\.gz, row 1: dicom_id '\.\./\.\./\.\./\.\./\.\./\.\./evil' "
+                       r"is not a plain file name.*Refusing"):
+        fetch_dataset("mimic", tmp_path / "raw", cfg)
+    assert not any("evil" in path for path, _ in server.requests)
+    assert not any(p.suffix == ".jpg" for path, _ in server.requests for p in [Path(path)])  # no image requested
+    written = sorted(p for p in tmp_path.rglob("*") if "src" not in p.parts)
+    assert [p for p in written if p not in before and tmp_path / "raw" not in p.parents and p != tmp_path / "raw"] == []
+    assert not (tmp_path / "raw" / "mimic").exists()
+
+
+def test_truncated_mimic_table_is_named_and_removed(server, tmp_path, monkeypatch):
+    cfg = _serve_mimic(server, tmp_path, monkeypatch)
+    key = "/jpg/mimic-cxr-2.0.0-metadata.csv.gz"
+    good = server.files[key]
+    server.files[key] = good[:-30]
+    with pytest.raises(FetchError, match=r"mimic-cxr-2\.0\.0-metadata\.csv\.gz: the compressed table is truncated"):
+        fetch_dataset("mimic", tmp_path / "raw", cfg)
+    server.files[key] = good
+    assert fetch_dataset("mimic", tmp_path / "raw", cfg)["source"] == "real"  # the next run downloads it again
+
+
+def test_zip_entries_that_are_links_are_refused(server, tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("lung_colon_image_set/readme.txt", "x")
+        link = zipfile.ZipInfo("lung_colon_image_set/lung_image_sets/lung_n/evil.jpeg")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    server.files["/LC25000.zip"] = buf.getvalue()
+    cfg = DataConfig(source="real", urls={"lc25000": server.url + "/LC25000.zip"})
+    with pytest.raises(FetchError, match=r"refusing entry 'lung_colon_image_set/lung_image_sets/lung_n/evil\.jpeg': "
+                       "it is a symbolic link"):
+        fetch_dataset("lc25000", tmp_path / "raw", cfg)
+    assert not (tmp_path / "raw" / "lc25000").exists()
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [".downloads"]
+
+
+def test_zip_entries_outside_the_folder_are_refused(server, tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../../escaped.txt", "x")
+    server.files["/LC25000.zip"] = buf.getvalue()
+    cfg = DataConfig(source="real", urls={"lc25000": server.url + "/LC25000.zip"})
+    with pytest.raises(FetchError, match=r"refusing entry '\.\./\.\./escaped\.txt' outside the target folder"):
+        fetch_dataset("lc25000", tmp_path / "raw", cfg)
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+SECRETS = ("hunter2", "AKIAEXAMPLE", "deadbeefsig", "tok123", "k3y")
+
+
+@pytest.mark.parametrize("url", [
+    "http://alice:hunter2@HOST/missing.zip",
+    "http://HOST/missing.zip?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIAEXAMPLE%2F2026&X-Amz-Signature=deadbeefsig",
+    "http://HOST/missing.zip?Expires=1&Signature=deadbeefsig&Key-Pair-Id=k3y",
+    "http://HOST/missing.zip?sv=2020&sig=deadbeefsig&token=tok123",
+])
+def test_urls_in_errors_and_logs_are_redacted(server, tmp_path, caplog, url):
+    url = url.replace("HOST", server.url.removeprefix("http://"))
+    cfg = DataConfig(source="real", urls={"lc25000": url})
+    with caplog.at_level("DEBUG"), pytest.raises(DownloadError, match="HTTP 404") as err:
+        fetch_dataset("lc25000", tmp_path, cfg)
+    text = str(err.value) + caplog.text
+    assert "missing.zip" in text and "***" in text
+    assert not [s for s in SECRETS if s in text]
+    dead = url.replace(server.url.removeprefix("http://"), "127.0.0.1:9")  # nothing listens: connection errors
+    with pytest.raises(DownloadError, match="failed after 1 retries") as err:
+        download(dead, tmp_path / "x.zip", retries=1, progress=False)
+    assert not [s for s in SECRETS if s in str(err.value)] and err.value.__cause__ is None
+
+
+def test_redact_url_keeps_what_helps_and_hides_secrets():
+    assert redact_url("https://u:pw@h.org/a/b.zip?X-Amz-Date=20260101&X-Amz-Signature=abc") == \
+        "https://***@h.org/a/b.zip?X-Amz-Date=20260101&X-Amz-Signature=***"
+    assert redact_url("fetching /f.zip?access_token=xyz&part=2 failed") == \
+        "fetching /f.zip?access_token=***&part=2 failed"
+    plain = "https://physionet.org/files/mimic-cxr-jpg/2.1.0/"
+    assert redact_url(plain) == plain

@@ -197,7 +197,9 @@ def test_prepare_writes_processed_format(prepared, name):
             assert min(img.size) == SIZE
             assert abs(img.size[0] / img.size[1] - w / h) < 0.1  # aspect ratio kept
     saved = json.loads((out / "prepare_report.json").read_text())
-    assert saved["counts"] == report["counts"] and saved["split_seed"] == 0 and saved["n_skipped"] == 0
+    assert saved["counts"] == report["counts"] and saved["split_seed"] == 0
+    assert saved["skipped"] == {"count": 0, "by_reason": {}, "inputs": []}
+    assert "seconds" not in saved and str(out.parent.parent) not in json.dumps(saved)  # no timings, no machine paths
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
@@ -236,7 +238,7 @@ def test_prepare_chexpert_5x200(prepared):
 def test_prepare_rsna_split_and_boxes(prepared):
     _, manifest, out = prepared["rsna"]
     assert manifest["patient_id"].is_unique and set(manifest["label"]) == {"Normal", "Pneumonia"}
-    assert manifest["split"].value_counts().to_dict() == {"train": 14, "val": 3, "test": 3}
+    assert set(manifest["split"]) <= {"train", "val", "test"} and (manifest["split"] == "train").sum() >= 8
     boxes = pd.read_csv(out / "boxes.csv")
     assert list(boxes.columns) == ["image", "x", "y", "width", "height"] and len(boxes) == 2 * 7
     positives = set(manifest.loc[manifest["label"] == "Pneumonia", "image"])
@@ -269,17 +271,18 @@ def test_prepare_mhist_and_lc25000(prepared):
         "colon": {"colon_aca", "colon_n"}, "lung": {"lung_aca", "lung_n", "lung_scc"}}
 
 
-def test_prepare_split_by_group_deterministic_disjoint_stratified():
-    groups = pd.Series([f"p{i // 3}" for i in range(300)])
-    strata = pd.Series(["pos" if (i // 3) % 4 == 0 else "neg" for i in range(300)])
+def test_prepare_split_by_group_deterministic_disjoint_and_stable():
+    groups = pd.Series([f"p{i // 3}" for i in range(3000)])
     fr = {"train": 0.7, "val": 0.15, "test": 0.15}
-    a = split_by_group(groups, strata, fr, seed=0)
-    shuffled = split_by_group(groups[::-1], strata[::-1], fr, seed=0)
+    a = split_by_group(groups, fr, seed=0)
+    shuffled = split_by_group(groups[::-1], fr, seed=0)
     assert a.equals(shuffled.sort_index())  # independent of row order
-    assert not a.equals(split_by_group(groups, strata, fr, seed=1))
+    assert not a.equals(split_by_group(groups, fr, seed=1))
     assert (pd.DataFrame({"g": groups, "s": a}).groupby("g")["s"].nunique() == 1).all()
-    pos = a[strata == "pos"].value_counts() / 3
-    assert pos.to_dict() == {"train": 18, "val": 3, "test": 4}  # 25 positive patients
+    share = a.value_counts(normalize=True)
+    assert all(abs(share[k] - v) < 0.04 for k, v in fr.items())  # 1000 patients: fractions hold within 4 points
+    without = split_by_group(groups[groups != "p7"], fr, seed=0)  # one patient fewer: nobody else moves
+    assert without.equals(a[groups != "p7"])
 
 
 def test_prepare_deterministic_rerun(tmp_path):
@@ -315,12 +318,19 @@ def test_prepare_bad_input_error_names_file(tmp_path):
     assert not list((tmp_path / "out").iterdir())  # no partial folder left behind
 
 
-def test_prepare_bad_input_skip_counts(tmp_path):
+def test_prepare_bad_input_skip_counts(tmp_path, caplog):
     truncated, missing = _break_siim(tmp_path / "raw")
-    report = prepare_dataset("siim", tmp_path / "raw", tmp_path / "out", cfg(on_bad_input="skip"))
-    assert report["n_skipped"] == 2 and report["counts"]["images"] == 6
-    reasons = {Path(s["file"]).name: s["reason"] for s in report["skipped"]}
-    assert truncated.name in reasons and "not found" in reasons["train-rle.csv"]
+    with caplog.at_level("INFO"):
+        report = prepare_dataset("siim", tmp_path / "raw", tmp_path / "out", cfg(on_bad_input="skip"))
+    skipped = report["skipped"]
+    assert skipped["count"] == 2 and report["counts"]["images"] == 6
+    assert skipped["by_reason"] == {"missing_file": 1, "unreadable": 1}
+    reasons = {s["file"]: s["reason"] for s in skipped["inputs"]}
+    assert "not found" in reasons["train-rle.csv"]
+    assert reasons[truncated.relative_to(tmp_path / "raw" / "siim").as_posix()].startswith("cannot decode DICOM")
+    assert json.loads((tmp_path / "out" / "prepare_report.json").read_text())["skipped"] == skipped
+    assert str(tmp_path) not in json.dumps(report)  # files and reasons name no machine path
+    assert "2 input(s) skipped" in caplog.text and truncated.name in caplog.text  # the stage log says it too
 
 
 def test_prepare_dicom_without_pixel_data_and_malformed_rle(tmp_path):
@@ -389,7 +399,7 @@ def test_prepare_demo_fixture(tmp_path, name):
     summary = fixtures.write_fixture(name, tmp_path / "raw" / name, demo)
     report = prepare_dataset(name, tmp_path / "raw", tmp_path / "out" / name, cfg(), workers=2)
     manifest = pd.read_csv(tmp_path / "out" / name / "manifest.csv", keep_default_na=False, dtype={"patient_id": str})
-    assert list(manifest.columns) == BASE_COLUMNS + EXTRA_COLUMNS[name] and report["n_skipped"] == 0
+    assert list(manifest.columns) == BASE_COLUMNS + EXTRA_COLUMNS[name] and report["skipped"]["count"] == 0
     assert (manifest.groupby("patient_id")["split"].nunique() == 1).all()  # patient-disjoint splits
     if name in ("rsna", "siim"):
         assert len(manifest) == summary["images"] and (manifest["label"] != "Normal").sum() == summary["positive"]
@@ -420,8 +430,9 @@ def test_prepare_mimic_missing_image_and_report(tmp_path):
     with pytest.raises(BadInputError, match=r"metadata\.csv\.gz, row 3: image d1a\.jpg not found"):
         prepare_dataset("mimic", tmp_path / "raw", tmp_path / "out", cfg())
     report = prepare_dataset("mimic", tmp_path / "raw", tmp_path / "out", cfg(on_bad_input="skip"))
-    assert report["counts"]["images"] == 3 and report["n_skipped"] == 2
-    assert [s["row"] for s in report["skipped"]] == [3, 7] and "s50000004.txt" in report["skipped"][1]["reason"]
+    assert report["counts"]["images"] == 3 and report["skipped"]["count"] == 2
+    inputs = sorted(report["skipped"]["inputs"], key=lambda s: s["row"])
+    assert [s["row"] for s in inputs] == [3, 7] and "s50000004.txt" in inputs[1]["reason"]
 
 
 def test_prepare_chexpert_flat_layout(tmp_path):
@@ -439,3 +450,238 @@ def test_prepare_nih14_test_list_name_missing_from_table(tmp_path):
     (d / "test_list.txt").write_text((d / "test_list.txt").read_text() + "99999999_000.png\n")
     with pytest.raises(BadInputError, match=r"test_list\.txt, row 11: image 99999999_000\.png is not in"):
         prepare_dataset("nih14", tmp_path / "raw", tmp_path / "out", cfg())
+
+
+# ------------------------------------------------------------------------- determinism, seeds, stable splits
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["siim", "mimic"])
+def test_prepare_twice_gives_identical_bytes(tmp_path, name):
+    RAW[name](tmp_path / "raw")
+    prepare_dataset(name, tmp_path / "raw", tmp_path / "a", cfg(), workers=1)
+    prepare_dataset(name, tmp_path / "raw", tmp_path / "b", cfg(), workers=2)
+    a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    assert "prepare_report.json" in a and len(a) > 3 and a == b
+
+
+def test_chexpert_sample_has_its_own_seed(tmp_path, monkeypatch):
+    from ace_lora.data import prepare as prep
+
+    monkeypatch.setattr(prep, "CHEXPERT_PER_CLASS", 2)  # 3 eligible per class: the sample depends on the seed
+    raw_chexpert(tmp_path / "raw")
+
+    def picked(**kw) -> list[str]:
+        prepare_dataset("chexpert", tmp_path / "raw", tmp_path / "out", cfg(**kw))
+        return pd.read_csv(tmp_path / "out" / "manifest.csv")["image"].tolist()
+
+    base = picked(split_seed=0, chexpert_seed=0)
+    assert picked(split_seed=7, chexpert_seed=0) == base  # re-splitting RSNA/SIIM leaves CheXpert alone
+    assert [s for s in (1, 2, 3) if picked(split_seed=0, chexpert_seed=s) != base]
+    report = json.loads((tmp_path / "out" / "prepare_report.json").read_text())
+    assert report["protocol"]["sample_seed"] == 3
+
+
+def test_skipping_one_rsna_patient_moves_no_other(tmp_path):
+    d = raw_rsna(tmp_path / "raw", n=40)
+    prepare_dataset("rsna", tmp_path / "raw", tmp_path / "a", cfg())
+    (d / "stage_2_train_images" / "pat-007.dcm").unlink()
+    report = prepare_dataset("rsna", tmp_path / "raw", tmp_path / "b", cfg(on_bad_input="skip"))
+    assert report["skipped"]["count"] == 1
+    a, b = (pd.read_csv(tmp_path / x / "manifest.csv").set_index("patient_id")["split"] for x in "ab")
+    assert "pat-007" in a.index and "pat-007" not in b.index
+    assert b.equals(a.drop("pat-007"))
+
+
+@pytest.mark.parametrize("name", ["rsna", "siim"])
+def test_ci_demo_test_splits_hold_both_classes(tmp_path, name):
+    from ace_lora.config import DemoConfig
+    from ace_lora.data import fixtures
+
+    demo = DemoConfig(n_train=192, n_per_class=8)  # the demo of tests/test_workflow.py
+    fixtures.write_fixture(name, tmp_path / "raw" / name, demo)
+    report = prepare_dataset(name, tmp_path / "raw", tmp_path / "out", cfg(), workers=2)
+    test = report["counts"]["classes"]["test"]
+    assert len(test) == 2 and min(test.values()) >= 3, test
+
+
+# ---------------------------------------------------------------- data conflicts: errors or counted skips
+
+
+def _snapshot_then_break(tmp_path: Path, name: str, breaker, match: str, kind: str, n_skipped: int = 1):
+    """Prepare good raw data, break it, check the error (names file/row), the untouched previous output, and the
+    counted skip; returns the skip report."""
+    d = RAW[name](tmp_path / "raw")
+    out = tmp_path / "processed" / name
+    prepare_dataset(name, tmp_path / "raw", out, cfg())
+    before = _tree(out)
+    breaker(d)
+    with pytest.raises(BadInputError, match=match):
+        prepare_dataset(name, tmp_path / "raw", out, cfg())
+    assert _tree(out) == before and sorted(p.name for p in out.parent.iterdir()) == [name]
+    report = prepare_dataset(name, tmp_path / "raw", tmp_path / "skip" / name, cfg(on_bad_input="skip"))
+    assert report["skipped"]["count"] == n_skipped and report["skipped"]["by_reason"] == {kind: n_skipped}
+    return report
+
+
+def _edit_csv(path: Path, edit) -> None:
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    edit(table)
+    table.to_csv(path, index=False)
+
+
+def test_siim_minus_one_and_rle_for_one_image(tmp_path):
+    def add_minus_one(d):
+        rle = d / "train-rle.csv"
+        rle.write_text(rle.read_text() + "1.2.276.0.4, -1\n")  # image 4 has two RLE rows already
+
+    report = _snapshot_then_break(tmp_path, "siim", add_minus_one,
+                                  r"train-rle\.csv, row 6: image 1\.2\.276\.0\.4 has both a '-1'.*RLE rows",
+                                  "conflicting_rows")
+    assert report["skipped"]["inputs"][0]["file"] == "train-rle.csv"
+
+
+def test_duplicated_nih_image_index(tmp_path):
+    def dup(d):
+        table = d / "Data_Entry_2017_v2020.csv"
+        lines = table.read_text().splitlines()
+        table.write_text("\n".join(lines + [lines[6]]) + "\n")  # row 6 (image 00000003_001.png) again
+
+    _snapshot_then_break(tmp_path, "nih14", dup, r"Data_Entry_2017_v2020\.csv, row 15: Image Index 00000003_001\.png "
+                         r"appears on rows \[6, 15\]", "duplicate_id")
+
+
+def test_duplicated_mimic_dicom_id(tmp_path):
+    def dup(d):
+        meta = pd.read_csv(d / "mimic-cxr-2.0.0-metadata.csv.gz")
+        pd.concat([meta, meta.iloc[[2]]]).to_csv(d / "mimic-cxr-2.0.0-metadata.csv.gz", index=False)
+
+    _snapshot_then_break(tmp_path, "mimic", dup, r"metadata\.csv\.gz, row 11: dicom_id d1a appears on rows \[3, 11\]",
+                         "duplicate_id")
+
+
+def test_duplicated_rsna_negative_patient(tmp_path):
+    def dup(d):
+        table = d / "stage_2_train_labels.csv"
+        table.write_text(table.read_text() + "pat-001,,,,,0\n")
+
+    _snapshot_then_break(tmp_path, "rsna", dup, r"stage_2_train_labels\.csv, row 28: patient pat-001 appears on rows",
+                         "duplicate_id")
+
+
+def test_duplicated_chexpert_path(tmp_path):
+    def dup(d):
+        table = d / "CheXpert-v1.0-small" / "train.csv"
+        lines = table.read_text().splitlines()
+        table.write_text("\n".join(lines + [lines[1]]) + "\n")
+
+    _snapshot_then_break(tmp_path, "chexpert", dup, r"train\.csv, row 31: Path CheXpert-v1\.0-small/train/"
+                         r"patient00000/study1/view1_frontal\.jpg appears on rows \[1, 31\]", "duplicate_id")
+
+
+def test_duplicated_mhist_image_name(tmp_path):
+    def dup(d):
+        table = d / "annotations.csv"
+        lines = table.read_text().splitlines()
+        table.write_text("\n".join(lines + [lines[3]]) + "\n")
+
+    _snapshot_then_break(tmp_path, "mhist", dup, r"annotations\.csv, row 9: Image Name MHIST_002\.png appears",
+                         "duplicate_id")
+
+
+def test_empty_mimic_report(tmp_path):
+    def empty(d):
+        next(d.rglob("s50000002.txt")).write_text("  \n\n")
+
+    report = _snapshot_then_break(tmp_path, "mimic", empty, r"s50000002\.txt: the report is empty.*image d1a, "
+                                  r"mimic-cxr-2\.0\.0-metadata\.csv\.gz row 3", "empty_report")
+    assert report["skipped"]["inputs"][0]["file"] == "files/p10/p10000001/s50000002.txt"
+
+
+def test_non_numeric_chexpert_label(tmp_path):
+    def bad(d):
+        _edit_csv(d / "CheXpert-v1.0-small" / "train.csv", lambda t: t.loc.__setitem__((4, "Edema"), "yes"))
+
+    _snapshot_then_break(tmp_path, "chexpert", bad, r"train\.csv, row 5: label Edema must be blank, 1, 0 or -1, "
+                         r"got 'yes'", "bad_label")
+
+
+def test_non_numeric_mimic_label(tmp_path):
+    def bad(d):
+        path = d / "mimic-cxr-2.0.0-chexpert.csv.gz"
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table.loc[0, "Cardiomegaly"] = "positive"
+        table.to_csv(path, index=False)
+
+    # skip: the label row is dropped and its study counts as unlabelled (all 0, like studies absent from the table)
+    _snapshot_then_break(tmp_path, "mimic", bad, r"chexpert\.csv\.gz, row 1: label Cardiomegaly must be blank, 1, 0 "
+                         r"or -1, got 'positive'", "bad_label")
+
+
+def _rewrite_dicom(path: Path, **tags) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+
+
+def test_dicom_that_is_not_a_radiograph(tmp_path):
+    def ct(d):
+        _rewrite_dicom(d / "stage_2_train_images" / "pat-004.dcm", Modality="CT")
+
+    _snapshot_then_break(tmp_path, "rsna", ct, r"pat-004\.dcm: Modality is CT, not a radiograph", "not_a_radiograph")
+
+
+def test_dicom_in_colour(tmp_path):
+    def rgb(d):
+        path = d / "stage_2_train_images" / "pat-005.dcm"
+        write_dicom(path, np.zeros((40, 40), np.uint16), "RGB", PatientID="pat-005")
+
+    _snapshot_then_break(tmp_path, "rsna", rgb, r"pat-005\.dcm: PhotometricInterpretation is RGB", "not_a_radiograph")
+
+
+def test_siim_image_size_disagreeing_with_the_rle_grid_blames_the_dicom(tmp_path):
+    def shrink(d):
+        path = next(d.rglob("1.2.276.0.4.dcm"))
+        write_dicom(path, np.zeros((16, 16), np.uint16), PatientID="P2")
+
+    _snapshot_then_break(tmp_path, "siim", shrink, r"1\.2\.276\.0\.4\.dcm: image is 16x16 .* rows \[6, 7\] run to "
+                         r"pixel \d+: the DICOM's size disagrees with the RLE grid", "mask_mismatch")
+
+
+def test_truncated_gzip_table_names_the_file(tmp_path):
+    d = raw_mimic(tmp_path / "raw")
+    out = tmp_path / "processed" / "mimic"
+    prepare_dataset("mimic", tmp_path / "raw", out, cfg())
+    before = _tree(out)
+    table = d / "mimic-cxr-2.0.0-metadata.csv.gz"
+    table.write_bytes(table.read_bytes()[:-20])
+    with pytest.raises(BadInputError, match=r"metadata\.csv\.gz: the compressed table is truncated or corrupt"):
+        prepare_dataset("mimic", tmp_path / "raw", out, cfg(on_bad_input="skip"))  # a whole table: never skipped
+    assert _tree(out) == before
+
+
+@pytest.mark.parametrize("name,edit,match", [
+    ("rsna", lambda d: (d / "stage_2_train_labels.csv").write_text(
+        (d / "stage_2_train_labels.csv").read_text().replace("pat-002", "../../pat-002")),
+     r"stage_2_train_labels\.csv, row 4: patientId '\.\./\.\./pat-002' is not a plain file name"),
+    ("siim", lambda d: (d / "train-rle.csv").write_text(
+        (d / "train-rle.csv").read_text().replace("1.2.276.0.3,", "../../1.2.276.0.3,")),
+     r"train-rle\.csv, row 5: ImageId '\.\./\.\./1\.2\.276\.0\.3' is not a plain file name"),
+    ("mhist", lambda d: _edit_csv(d / "annotations.csv", lambda t: t.loc.__setitem__((2, "Image Name"), "../x.png")),
+     r"annotations\.csv, row 3: Image Name '\.\./x\.png' is not a plain file name"),
+    ("chexpert", lambda d: _edit_csv(d / "CheXpert-v1.0-small" / "train.csv", lambda t: t.loc.__setitem__(
+        (0, "Path"), "CheXpert-v1.0-small/train/patient00000/study1/../../../../../../etc/x.jpg")),
+     r"train\.csv, row 1: Path .* is not a relative path inside the data set"),
+    ("mimic", lambda d: _edit_csv(d / "mimic-cxr-2.0.0-metadata.csv.gz",
+                                  lambda t: t.loc.__setitem__((4, "dicom_id"), "../../../outside")),
+     r"metadata\.csv\.gz, row 5: dicom_id '\.\./\.\./\.\./outside' is not a plain file name"),
+])
+def test_table_ids_cannot_reach_outside_their_folder(tmp_path, name, edit, match):
+    _snapshot_then_break(tmp_path, name, edit, match, "bad_id")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw", "skip"]  # nothing written elsewhere

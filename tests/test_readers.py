@@ -13,8 +13,8 @@ from PIL import Image
 
 from ace_lora.data.readers import (
     CHEXPERT_5X200_CLASSES, NIH_FINDINGS, BadInputError, decode_rle, decode_rle_union, read_chexpert_table,
-    read_dicom, read_image, read_nih_table, read_rsna_labels, read_siim_rle, report_text, select_chexpert_5x200,
-    siim_image_table,
+    read_dicom, read_image, read_nih_table, read_rsna_labels, read_siim_rle, report_text, safe_name,
+    select_chexpert_5x200, siim_image_table,
 )
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -310,3 +310,60 @@ def test_readers_decode_every_demo_dicom_encoding(tmp_path):
                              series_uid="1.2.5")
         out = read_dicom(path).astype(int)
         assert np.abs(out - np.rint(img * 255)).max() <= 2, fixtures.DICOM_VARIANTS[variant]
+
+
+# ------------------------------------------------------------------------------ hostile and conflicting input
+
+
+@pytest.mark.parametrize("value", ["../x", "a/b", "..", ".", "", "a\\b", "a?b", "a#b", "a%2F..", "x\x00y"])
+def test_readers_safe_name_refuses_what_is_not_a_file_name(value):
+    with pytest.raises(BadInputError, match=r"t\.csv, row 3: dicom_id .* is not a plain file name") as err:
+        safe_name(value, "t.csv", 3, "dicom_id")
+    assert err.value.kind == "bad_id"
+
+
+def test_readers_safe_name_keeps_real_ids():
+    for value in ["02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "1.2.276.0.7230010.3.1.4.8323329.5597",
+                  "00000001_000.png", "MHIST_aaa.png", "0004cfab-14fd-4e49-80ba-63a80b6bddd6"]:
+        assert safe_name(f" {value} ", "t.csv", 1, "id") == value
+
+
+@pytest.mark.parametrize("tags,match", [({"Modality": "CT"}, "Modality is CT, not a radiograph"),
+                                        ({"Modality": "US"}, "Modality is US"),
+                                        ({"PhotometricInterpretation": "RGB"}, "PhotometricInterpretation is RGB"),
+                                        ({"PhotometricInterpretation": "PALETTE COLOR"},
+                                         "PhotometricInterpretation is PALETTE COLOR")])
+def test_readers_dicom_that_is_not_a_grayscale_radiograph(tmp_path, tags, match):
+    photometric = tags.pop("PhotometricInterpretation", "MONOCHROME2")
+    path = write_dicom(tmp_path / "scan.dcm", np.zeros((4, 4), np.uint16), photometric, **tags)
+    with pytest.raises(BadInputError, match=rf"scan\.dcm: {match}") as err:
+        read_dicom(path)
+    assert err.value.kind == "not_a_radiograph"
+    for modality in ("CR", "DX"):  # radiographs pass
+        assert read_dicom(write_dicom(tmp_path / f"{modality}.dcm", np.eye(4, dtype=np.uint16) * 100,
+                                      Modality=modality)).shape == (4, 4)
+
+
+def test_readers_row_errors_go_to_on_bad_and_the_rows_are_dropped(tmp_path):
+    seen: list[BadInputError] = []
+    rle = tmp_path / "train-rle.csv"
+    rle.write_text("ImageId, EncodedPixels\nimg1, 1 2\nimg2, -1\nimg1, -1\n../img3, -1\n")
+    table = siim_image_table(read_siim_rle(rle, on_bad=seen.append), source=rle, on_bad=seen.append)
+    assert list(table["ImageId"]) == ["img2"]
+    assert [(e.row, e.kind) for e in seen] == [(4, "bad_id"), (1, "conflicting_rows")]
+    labels = tmp_path / "stage_2_train_labels.csv"
+    labels.write_text("patientId,x,y,width,height,Target\na,,,,,0\nb,1,2,3,4,1\nb,,,,,0\nc,,,,,0\nc,,,,,0\n"
+                      "d,,,,,2\ne,1,2,3,4,1\ne,1,2,3,4,1\n")
+    seen.clear()
+    patients, boxes = read_rsna_labels(labels, on_bad=seen.append)
+    assert list(patients["patientId"]) == ["a", "e"] and len(boxes) == 2
+    assert sorted((e.row, e.kind) for e in seen) == [(2, "conflicting_rows"), (5, "duplicate_id"), (6, "bad_label")]
+
+
+def test_readers_truncated_gzip_names_the_file(tmp_path):
+    path = tmp_path / "Data_Entry_2017_v2020.csv.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write("Image Index,Finding Labels,Patient ID\n" + "a.png,No Finding,1\n" * 2000)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(BadInputError, match=r"Data_Entry_2017_v2020\.csv\.gz: the compressed table is truncated"):
+        read_nih_table(path)

@@ -7,7 +7,14 @@ or downloads what can be downloaded: LC25000 from a URL (``data.urls.lc25000``) 
 the Kaggle CLI, MIMIC-CXR-JPG and its reports from PhysioNet with a credentialed account. CheXpert and MHIST
 need a request form: the error says what to get, from where, and where to put it.
 
-Every path returns a *layout record*: data set, source, the label tables found with their sha256, file counts.
+Every path returns a *layout record*: data set, source, the label tables found with their sha256, file counts, and
+a fingerprint of every raw file (``files``: content sha256 by default, or size + mtime with ``data.raw_hash:
+stat``), so a repaired raw image changes the record and reruns ``prepare``. The record holds no machine path or
+time: identical data give a byte-identical record.
+
+Downloaded tables and archives are not trusted: ids that would build a path or URL outside its folder are refused
+before any request, archive entries that are links or leave the target folder are refused, and URLs are printed
+only through :func:`redact_url` (no user info, no signed query parameters).
 """
 
 from __future__ import annotations
@@ -16,26 +23,60 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import subprocess
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
 from ace_lora.config import DataConfig, to_dict
 from ace_lora.data.fixtures import DATASETS, FIXTURE_VERSION, write_fixture
-from ace_lora.io import atomic_dir
+from ace_lora.data.readers import BadInputError, read_table, safe_name
+from ace_lora.io import atomic_dir, within
 
-__all__ = ["FetchError", "DownloadError", "fetch_dataset", "verify_layout", "download", "SOURCES", "LAYOUTS"]
+__all__ = ["FetchError", "DownloadError", "fetch_dataset", "verify_layout", "download", "fingerprint_files",
+           "redact_url", "SOURCES", "LAYOUTS"]
 
 FIXTURE_MARKER = ".fixture.json"
 log = logging.getLogger(__name__)
 
 
+# Query parameters whose value is a secret (signed URLs: AWS, GCS, Azure SAS, CloudFront; tokens and keys).
+_SECRET_PARAM = re.compile(r"sig|signature|token|key|secret|passw|pwd|credential|auth|session|policy|code", re.I)
+_USERINFO = re.compile(r"(?<=://)[^/\s@'\"]+@")
+_QUERY_PARAM = re.compile(r"([?&;])([^=&#;\s'\"]+)=([^&#;\s'\"]*)")
+
+
+def redact_url(text: str) -> str:
+    """``text`` (a URL, or a message holding URLs) with user info (``user:pass@``) and the values of secret query
+    parameters (X-Amz-Signature, X-Amz-Credential, Signature, sig, token, key, ...) replaced by ``***``."""
+    text = _USERINFO.sub("***@", str(text))
+    return _QUERY_PARAM.sub(lambda m: f"{m[1]}{m[2]}=***" if _SECRET_PARAM.search(m[2]) else m[0], text)
+
+
+class _RedactFilter(logging.Filter):
+    """Redacts URLs in log records (this module's and urllib3's request lines, which hold the query string)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact_url(record.getMessage()), ()
+        return True
+
+
+for _name in (__name__, "urllib3.connectionpool"):
+    if not any(isinstance(f, _RedactFilter) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_RedactFilter())
+
+
 class FetchError(RuntimeError):
-    """The raw data set is missing, incomplete or cannot be fetched; the message says what to do."""
+    """The raw data set is missing, incomplete or cannot be fetched; the message says what to do (URLs redacted)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact_url(message))
 
 
 class DownloadError(FetchError):
@@ -153,7 +194,7 @@ def download(url: str, dest: str | Path, sha256: str | None = None, auth: tuple[
             attempt += 1
             if attempt > retries:
                 raise DownloadError(f"{url}: download failed after {retries} retries ({err}); the partial file "
-                                    f"{part} is kept and the next run resumes it") from err
+                                    f"{part} is kept and the next run resumes it") from None  # no URL in a traceback
             time.sleep(min(2.0 ** attempt, 30.0) * 0.05)
     got = _sha256(part)
     if sha256 is not None and got != sha256.lower():
@@ -163,15 +204,22 @@ def download(url: str, dest: str | Path, sha256: str | None = None, auth: tuple[
     return dest
 
 
+
 def _extract(archive: Path, into: Path) -> None:
-    """Unzip ``archive`` into ``into`` (entries escaping the folder are refused)."""
+    """Unzip ``archive`` into ``into``; entries that are links, or that would land outside the folder, are refused
+    before anything is written."""
     into = into.resolve()
-    with zipfile.ZipFile(archive) as zf:
-        for member in zf.namelist():
-            target = (into / member).resolve()
-            if into not in target.parents and target != into:
-                raise FetchError(f"{archive}: refusing entry {member!r} outside the target folder")
-        zf.extractall(into)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise FetchError(f"{archive}: refusing entry {info.filename!r}: it is a symbolic link; the archive "
+                                     "is not the expected data set")
+                if not within(into, into / info.filename) or (into / info.filename).resolve() == into:
+                    raise FetchError(f"{archive}: refusing entry {info.filename!r} outside the target folder")
+            zf.extractall(into)
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise FetchError(f"{archive}: not a complete zip archive ({err}); delete it and fetch again") from None
 
 
 # -------------------------------------------------------------------------------------------- layout
@@ -219,14 +267,40 @@ def verify_layout(name: str, root: str | Path) -> dict:
         raise FetchError(_missing_message(name, root, missing))
     record = {
         "dataset": name,
-        "root": str(root),
-        "tables": {k: str(p.relative_to(root)) for k, p in tables.items()},
-        "sha256": {str(p.relative_to(root)): _sha256(p) for p in tables.values()},
+        "tables": {k: p.relative_to(root).as_posix() for k, p in tables.items()},
+        "sha256": {p.relative_to(root).as_posix(): _sha256(p) for p in tables.values()},
         "counts": counts,
     }
     if folders:
         record["counts"]["per_folder"] = dict(sorted(folders.items()))
     return record
+
+
+def fingerprint_files(root: str | Path, mode: str = "content", workers: int | None = None) -> dict:
+    """One fingerprint of every file under ``root`` (names starting with ``.`` excepted): ``sha256`` of the lines
+    ``<relative path>\\t<sha256 of the content>`` (``mode="content"``) or ``<relative path>\\t<size>\\t<mtime ns>``
+    (``mode="stat"``) in sorted path order, with the file count and total bytes. Content hashing runs on a thread
+    pool (hashlib releases the GIL)."""
+    if mode not in ("content", "stat"):
+        raise ValueError(f"data.raw_hash must be content or stat, got {mode!r}")
+    root = Path(root)
+    files: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files += [(Path(dirpath, f).relative_to(root).as_posix(), Path(dirpath, f)) for f in filenames
+                  if not f.startswith(".")]
+    files.sort()
+    stats = [p.stat() for _, p in files]
+    if mode == "content":
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            keys = list(pool.map(_sha256, [p for _, p in files]))
+    else:
+        keys = [f"{st.st_size}\t{st.st_mtime_ns}" for st in stats]
+    digest = hashlib.sha256()
+    for (rel, _), key in zip(files, keys):
+        digest.update(f"{rel}\t{key}\n".encode())
+    return {"hash": mode, "count": len(files), "bytes": int(sum(st.st_size for st in stats)),
+            "sha256": digest.hexdigest()}
 
 
 def _missing_message(name: str, root: Path, missing: list[str]) -> str:
@@ -257,7 +331,6 @@ def _fetch_demo(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
         record = verify_layout(name, tmp)
         (tmp / FIXTURE_MARKER).write_text(json.dumps({"settings": settings, "summary": summary}, indent=2,
                                                      sort_keys=True) + "\n")
-    record["root"] = str(dest)
     return {**record, "source": "demo", "settings": settings, "fixture": summary}
 
 
@@ -303,7 +376,8 @@ def _fetch_lc25000(dest: Path, data_cfg: DataConfig) -> None:
         raise FetchError(_missing_message("lc25000", dest, ["the data set folder"]) +
                          " To download it automatically, set data.urls.lc25000 to a URL of LC25000.zip "
                          "(optionally data.sha256.lc25000), or provide Kaggle credentials.")
-    archive = dest.parent / ".downloads" / (Path(url.split("?")[0]).name or "LC25000.zip")
+    name = Path(url.split("?")[0].split("#")[0]).name
+    archive = dest.parent / ".downloads" / (name if name not in ("", ".", "..") else "LC25000.zip")
     download(url, archive, sha256=data_cfg.sha256.get("lc25000"))
     with atomic_dir(dest) as tmp:
         _extract(archive, tmp)
@@ -322,11 +396,7 @@ def _fetch_mimic(dest: Path, data_cfg: DataConfig) -> None:
     Files already downloaded are kept, so an interrupted fetch resumes; the folder is complete only when
     every listed file is present. ``data.urls.mimic`` / ``data.urls.mimic_reports`` override the PhysioNet URLs.
     """
-    import gzip
-
-    import pandas as pd
-
-    auth = _physionet_auth()
+    auth = _physionet_auth()  # sent only to the configured base URLs, never to a host a table names
     if auth is None:
         raise FetchError(_missing_message("mimic", dest, ["the data set folder"]) + " To download it automatically, "
                          "set PHYSIONET_USERNAME and PHYSIONET_PASSWORD for a credentialed PhysioNet account.")
@@ -336,11 +406,26 @@ def _fetch_mimic(dest: Path, data_cfg: DataConfig) -> None:
     for kind in ("metadata", "split", "chexpert"):
         download(base + f"mimic-cxr-2.0.0-{kind}.csv.gz", work / f"mimic-cxr-2.0.0-{kind}.csv.gz", auth=auth)
     reports_zip = download(reports_url, dest.parent / ".downloads" / "mimic-cxr-reports.zip", auth=auth)
-    with gzip.open(work / "mimic-cxr-2.0.0-metadata.csv.gz") as f:
-        meta = pd.read_csv(f, dtype={"dicom_id": str, "subject_id": str, "study_id": str})
-    frontal = meta[meta["ViewPosition"].isin(["PA", "AP"])]
-    for rec in frontal.itertuples():
-        rel = f"files/p{rec.subject_id[:2]}/p{rec.subject_id}/s{rec.study_id}/{rec.dicom_id}.jpg"
+    table = work / "mimic-cxr-2.0.0-metadata.csv.gz"
+    try:
+        meta = read_table(table, ["dicom_id", "subject_id", "study_id", "ViewPosition"], dtype=str)
+    except BadInputError as err:
+        table.unlink(missing_ok=True)
+        raise FetchError(f"{err}; the file was removed, run fetch again to download it again") from None
+    frontal = meta.assign(row=range(1, len(meta) + 1))
+    frontal = frontal[frontal["ViewPosition"].astype(str).str.strip().isin(["PA", "AP"])]
+    files = []
+    for rec in frontal.itertuples():  # every id is checked before the first image is requested
+        try:
+            subject, study, dicom = (safe_name(getattr(rec, c), table, rec.row, c)
+                                     for c in ("subject_id", "study_id", "dicom_id"))
+        except BadInputError as err:
+            raise FetchError(f"{err}. Refusing to download from a table with such ids.") from None
+        rel = f"files/p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg"
+        if not within(work, work / rel):
+            raise FetchError(f"{table}, row {rec.row}: path {rel!r} leaves {work}; refusing to download")
+        files.append(rel)
+    for rel in files:
         download(base + rel, work / rel, auth=auth, progress=False)
     _extract(reports_zip, work)
     verify_layout("mimic", work)
@@ -375,13 +460,18 @@ def _fetch_real(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
 
 def fetch_dataset(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
     """Make ``raw_root/name`` hold data set ``name`` in its raw layout; returns the layout record
-    (``dataset``, ``source``, ``root``, ``tables``, ``sha256`` of the label tables, ``counts``, and for the demo
-    ``settings`` + ``fixture`` summary). The record depends only on the data, not on whether this call generated,
-    downloaded or merely verified it, so re-running the stage leaves downstream stages up to date."""
+    (``dataset``, ``source``, ``tables``, ``sha256`` of the label tables, ``counts``, ``files`` (the
+    :func:`fingerprint_files` of the folder), and for the demo ``settings`` + ``fixture`` summary). The record
+    depends only on the data, not on whether this call generated, downloaded or merely verified it, so re-running
+    the stage leaves downstream stages up to date."""
     if name not in DATASETS:
         raise FetchError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     raw_root = Path(raw_root)
     raw_root.mkdir(parents=True, exist_ok=True)
-    if data_cfg.source == "demo":
-        return _fetch_demo(name, raw_root, data_cfg)
-    return _fetch_real(name, raw_root, data_cfg)
+    start = time.perf_counter()
+    fetch = _fetch_demo if data_cfg.source == "demo" else _fetch_real
+    record = fetch(name, raw_root, data_cfg)
+    record["files"] = fingerprint_files(raw_root / name, data_cfg.raw_hash)
+    log.info("%s: %d raw files, %.1f MB, fingerprinted (%s) in %.1f s", raw_root / name, record["files"]["count"],
+             record["files"]["bytes"] / 1e6, data_cfg.raw_hash, time.perf_counter() - start)
+    return record

@@ -7,7 +7,13 @@ writes ``out_dir`` (normally ``{processed}/<name>/``) atomically:
   side = ``data_cfg.image_size``, bicubic), ``split``, ``patient_id``, ``study_id``, ``orig_width``,
   ``orig_height`` and the data set's label columns (``label``; or one 0/1 column per finding; ``text``; ``mask``).
 - ``boxes.csv`` (RSNA): ``image,x,y,width,height`` in original pixels.
-- ``prepare_report.json``: counts per split and class, seeds, protocol notes, skipped inputs with reasons.
+- ``prepare_report.json``: counts per split and class, seeds, protocol notes, skipped inputs
+  (``{"skipped": {"count": N, "by_reason": {kind: n}, "inputs": [{"file", "row", "kind", "reason"}]}}``, files
+  relative to the raw folder). It depends only on the inputs: timings and machine paths go to the log.
+
+The folder is a pure function of the raw files and ``data`` params (byte-identical on a rerun). The RSNA and SIIM
+splits hash each patient id with ``data.split_seed`` (:func:`split_by_group`), so dropping or adding one patient
+moves no other; CheXpert 5x200 sampling has its own seed, ``data.chexpert_seed``.
 
 Each data set has one ``_collect_<name>`` function (tables -> work items, protocol selection) and, where the
 protocol needs it, a split assigned after decoding (patient IDs of SIIM come from the DICOM headers).
@@ -17,7 +23,9 @@ Files are found by name anywhere under the raw folder, so the official archives'
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -32,10 +40,10 @@ from PIL import Image
 from ace_lora.config import DataConfig
 from ace_lora.data.readers import (
     CHEXPERT_5X200_CLASSES, CHEXPERT_FINDINGS, NIH_FINDINGS, BadInputError, decode_rle_union, read_chexpert_table,
-    read_dicom_header, read_image, read_list, read_mimic_tables, read_nih_table, read_rsna_labels, read_siim_rle,
-    read_table, report_text, select_chexpert_5x200, siim_image_table,
+    check_names, drop_duplicates, read_dicom_header, read_image, read_list, read_mimic_tables, read_nih_table,
+    read_rsna_labels, read_siim_rle, read_table, report_text, rle_extent, select_chexpert_5x200, siim_image_table,
 )
-from ace_lora.io import atomic_dir
+from ace_lora.io import atomic_dir, within
 
 DATASETS = ("mimic", "nih14", "chexpert", "rsna", "siim", "mhist", "lc25000")
 
@@ -48,6 +56,7 @@ LC25000_CLASSES = {"lung_aca": "lung", "lung_n": "lung", "lung_scc": "lung", "co
 MHIST_CLASSES = ("HP", "SSA")
 MIMIC_SPLITS = {"train": "train", "validate": "val", "test": "test"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff", ".bmp"}
+log = logging.getLogger(__name__)
 
 
 class PrepareError(RuntimeError):
@@ -69,24 +78,39 @@ class _Item:
 
 
 class _Issues:
-    """Bad inputs: raise (on_bad_input=error) or record and skip (skip)."""
+    """Bad inputs: raise (on_bad_input=error) or record and skip (skip). Also the ``on_bad`` of the table readers."""
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, raw_dir: Path):
         self.mode = mode
+        self.raw_dir = raw_dir
         self.skipped: list[dict] = []
 
     def __call__(self, err: BadInputError) -> None:
         if self.mode != "skip":
             raise err
-        self.skipped.append({"file": err.path, "row": err.row, "reason": err.reason})
+        path = Path(err.path)
+        shown = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(self.raw_dir))).as_posix() \
+            if within(self.raw_dir, path) else path.name
+        reason = err.reason.replace(str(self.raw_dir), self.raw_dir.name)  # no machine path in the report
+        self.skipped.append({"file": shown, "row": err.row, "kind": err.kind, "reason": reason})
+        log.warning("skipped %s", err)
 
     def lookup(self, files: dict[str, Path], key: str, table: Path, row: int | None, raw_dir: Path,
                what: str = "image", shown: str | None = None) -> Path | None:
         """The file a table row names; ``None``, reported as bad input naming the table and row, when it is absent."""
         path = files.get(key)
         if path is None:
-            self(BadInputError(table, f"{what} {shown or key} not found under {raw_dir}", row))
+            self(BadInputError(table, f"{what} {shown or key} not found under {raw_dir}", row, kind="missing_file"))
         return path
+
+    def report(self) -> dict:
+        """The ``skipped`` entry of prepare_report.json (a stable format: count, by_reason, inputs)."""
+        inputs = sorted(self.skipped, key=lambda k: (k["file"], k["row"] or 0, k["kind"], k["reason"]))
+        by_reason: dict[str, int] = {}
+        for item in inputs:
+            by_reason[item["kind"]] = by_reason.get(item["kind"], 0) + 1
+        return {"count": len(inputs), "by_reason": dict(sorted(by_reason.items())), "inputs": inputs}
+
 
 
 # ------------------------------------------------------------------------------------------ finding files
@@ -126,27 +150,26 @@ def _index(raw_dir: Path, suffixes: set[str], key: Callable[[Path], str] = lambd
 # ---------------------------------------------------------------------------------------------- splits
 
 
-def split_by_group(groups: pd.Series, strata: pd.Series, fractions: dict[str, float], seed: int) -> pd.Series:
-    """Seeded split disjoint by group (patient), stratified by the group's stratum (its largest label value).
+def group_uniform(group: str, seed: int) -> float:
+    """A number in [0, 1) that depends only on (``seed``, ``group``): the first 8 bytes of sha256("seed:group")."""
+    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
-    Independent of row order: groups are sorted before the seeded permutation of each stratum.
+
+def split_by_group(groups: pd.Series, fractions: dict[str, float], seed: int) -> pd.Series:
+    """Seeded split disjoint by group (patient): a group goes to the split whose cumulative-fraction interval holds
+    :func:`group_uniform` of its id.
+
+    A group's split depends on nothing but its id and the seed: neither row order nor which other groups are
+    present (skipping one bad patient moves no other). Class balance holds in expectation, not exactly.
     """
-    frame = pd.DataFrame({"group": groups.astype(str).to_numpy(), "stratum": strata.astype(str).to_numpy()})
-    per_group = frame.groupby("group")["stratum"].max()
-    rng = np.random.default_rng(seed)
     names = list(fractions)
     bounds = np.cumsum([fractions[n] for n in names])
-    assigned: dict[str, str] = {}
-    for stratum in sorted(per_group.unique()):
-        members = np.array(sorted(per_group.index[per_group == stratum]))
-        members = members[rng.permutation(len(members))]
-        cuts = np.rint(bounds / bounds[-1] * len(members)).astype(int)
-        start = 0
-        for name, stop in zip(names, cuts):
-            for g in members[start:stop]:
-                assigned[g] = name
-            start = stop
-    return frame["group"].map(assigned).set_axis(groups.index)
+    bounds = bounds / bounds[-1]
+    ids = groups.astype(str)
+    assigned = {g: names[min(int(np.searchsorted(bounds, group_uniform(g, seed), side="right")), len(names) - 1)]
+                for g in ids.unique()}
+    return ids.map(assigned)
 
 
 # ---------------------------------------------------------------------------------------------- collect
@@ -155,7 +178,7 @@ def split_by_group(groups: pd.Series, strata: pd.Series, fractions: dict[str, fl
 def _collect_mimic(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict) -> list[_Item]:
     tables = {k: _find(raw_dir, [f"mimic-cxr-2.0.0-{k}.csv.gz", f"mimic-cxr-2.0.0-{k}.csv"], f"MIMIC {k} table")
               for k in ("metadata", "split", "chexpert")}
-    df = read_mimic_tables(tables["metadata"], tables["split"], tables["chexpert"])
+    df = read_mimic_tables(tables["metadata"], tables["split"], tables["chexpert"], on_bad=issues)
     views = df["ViewPosition"].fillna("").astype(str).str.strip().str.upper()
     notes["images_in_metadata"] = int(len(df))
     df = df[views.isin(["AP", "PA"])]
@@ -182,9 +205,15 @@ def _collect_mimic(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict)
             try:
                 texts[report] = report_text(report.read_text(errors="replace"))
             except OSError as err:
-                issues(BadInputError(report, f"cannot read report ({err})"))
-                continue
+                texts[report] = ("unreadable", f"cannot read report ({err})")
+            if not texts[report]:
+                texts[report] = ("empty_report", "the report is empty (a training pair needs text); restore the "
+                                 "file or drop the study")
         text = texts[report]
+        if isinstance(text, tuple):  # every image of the study is reported (and counted when skipped)
+            issues(BadInputError(report, f"{text[1]} (image {rec.dicom_id}, {tables['metadata'].name} row {row})",
+                                 kind=text[0]))
+            continue
         labels = {c: int(rec[c]) for c in CHEXPERT_FINDINGS}
         items.append(_Item(source, f"images/{rec.dicom_id}.png",
                            {"split": split, "patient_id": str(rec.subject_id), "study_id": str(rec.study_id),
@@ -201,7 +230,7 @@ class _Record(dict):
 def _collect_nih14(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict) -> list[_Item]:
     table_path = _find(raw_dir, ["Data_Entry_2017_v2020.csv*", "Data_Entry_2017*.csv*"], "NIH Data_Entry table")
     test_path = _find(raw_dir, ["test_list.txt"], "NIH test_list.txt")
-    table = read_nih_table(table_path).set_index("Image Index")
+    table = read_nih_table(table_path, on_bad=issues).set_index("Image Index")
     test_list = read_list(test_path)
     # first 20 % of the official test list (docs/method.md#training), extended to the end of the last patient so
     # that the val and test splits stay patient-disjoint (the list is sorted by image name = patient ID first).
@@ -213,10 +242,13 @@ def _collect_nih14(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict)
                   "val_rule": "first 20% of test_list.txt, extended to the last patient's last image",
                   "train_val_list": "not cached (training uses MIMIC; NIH is validation only)"})
     images = _index(raw_dir, {".png"}, key=lambda p: p.name)
+    listed = set(read_table(table_path, ["Image Index"])["Image Index"].astype(str).str.strip())
     items = []
     for line, name in enumerate(test_list, start=1):
+        if name not in table.index and name in listed:  # a table row the reader dropped (and reported)
+            continue
         if name not in table.index:
-            issues(BadInputError(test_path, f"image {name} is not in {table_path.name}", line))
+            issues(BadInputError(test_path, f"image {name} is not in {table_path.name}", line, kind="missing_file"))
             continue
         source = issues.lookup(images, name, test_path, line, raw_dir)
         if source is None:
@@ -230,10 +262,10 @@ def _collect_nih14(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict)
 
 def _collect_chexpert(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict) -> list[_Item]:
     table_path = _find(raw_dir, ["train.csv"], "CheXpert train.csv")
-    table = read_chexpert_table(table_path)
-    picked, counts = select_chexpert_5x200(table, cfg.split_seed, CHEXPERT_PER_CLASS, CHEXPERT_5X200_CLASSES)
+    table = read_chexpert_table(table_path, on_bad=issues)
+    picked, counts = select_chexpert_5x200(table, cfg.chexpert_seed, CHEXPERT_PER_CLASS, CHEXPERT_5X200_CLASSES)
     notes["per_class"] = counts
-    notes["sample_seed"] = cfg.split_seed
+    notes["sample_seed"] = cfg.chexpert_seed
     short = {c: v["available"] for c, v in counts.items() if v["available"] < CHEXPERT_PER_CLASS}
     if short:
         notes["fewer_than_200_available"] = short
@@ -244,9 +276,10 @@ def _collect_chexpert(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: di
         candidates = [b / rel for b in bases]
         if len(rel.parts) > 1:  # Path starts with the archive folder (CheXpert-v1.0-small/...) = train.csv's folder
             candidates.append(table_path.parent / Path(*rel.parts[1:]))
-        source = next((c for c in candidates if c.is_file()), None)
+        source = next((c for c in candidates if within(raw_dir, c) and c.is_file()), None)
         if source is None:
-            issues(BadInputError(table_path, f"image {rel} not found under {raw_dir}", int(rec.row)))
+            issues(BadInputError(table_path, f"image {rel} not found under {raw_dir}", int(rec.row),
+                                 kind="missing_file"))
             continue
         name = f"{rec.patient_id}_{Path(rec.study_id).name}_{rel.stem}"
         items.append(_Item(source, f"images/{name}.png", {"split": "test", "patient_id": rec.patient_id,
@@ -256,7 +289,7 @@ def _collect_chexpert(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: di
 
 def _collect_rsna(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict) -> list[_Item]:
     table_path = _find(raw_dir, ["stage_2_train_labels.csv*", "stage_1_train_labels.csv*"], "RSNA labels table")
-    patients, boxes = read_rsna_labels(table_path)
+    patients, boxes = read_rsna_labels(table_path, on_bad=issues)
     notes.update({"patients": int(len(patients)), "positive": int(patients["Target"].sum()), "boxes": int(len(boxes))})
     images = _index(raw_dir, {".dcm"})
     first_row = {}
@@ -277,7 +310,7 @@ def _collect_rsna(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict) 
 
 def _collect_siim(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict) -> list[_Item]:
     table_path = _find(raw_dir, ["stage_2_train.csv", "train-rle.csv", "train-rle.csv.gz"], "SIIM RLE table")
-    table = siim_image_table(read_siim_rle(table_path))
+    table = siim_image_table(read_siim_rle(table_path, on_bad=issues), source=table_path, on_bad=issues)
     images = _index(raw_dir, {".dcm"})
     notes.update({"rle_table": table_path.name, "images_in_table": int(len(table)),
                   "positive_in_table": int(table["positive"].sum()),
@@ -295,14 +328,19 @@ def _collect_siim(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict) 
 def _collect_mhist(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict) -> list[_Item]:
     table_path = _find(raw_dir, ["annotations.csv"], "MHIST annotations.csv")
     table = read_table(table_path, ["Image Name", "Majority Vote Label", "Partition"], dtype=str)
+    table["row"] = np.arange(1, len(table) + 1)
+    table["Image Name"] = table["Image Name"].astype(str).str.strip()
+    table = check_names(table, "Image Name", table_path, issues)
+    table = drop_duplicates(table, ["Image Name"], table_path, issues)
     images = _index(raw_dir, IMAGE_SUFFIXES - {".dcm"}, key=lambda p: p.name)
     items = []
-    for line, rec in enumerate(table.to_dict("records"), start=1):
+    for rec in table.to_dict("records"):
+        line = int(rec["row"])
         name, label = str(rec["Image Name"]).strip(), str(rec["Majority Vote Label"]).strip()
         part = str(rec["Partition"]).strip().lower()
         if label not in MHIST_CLASSES:
             issues(BadInputError(table_path, f"Majority Vote Label must be one of {MHIST_CLASSES}, got {label!r}",
-                                 line))
+                                 line, kind="bad_label"))
             continue
         if part not in ("train", "test"):
             issues(BadInputError(table_path, f"Partition must be train or test, got {part!r}", line))
@@ -366,7 +404,12 @@ def _resize_shortest(img: Image.Image, size: int, resample: int, square: bool = 
 
 
 def _process(item: _Item, out: Path, size: int) -> dict:
-    """Decode, resize and write one image (and its mask); returns its manifest row."""
+    """Decode, resize and write one image (and its mask); returns its manifest row.
+
+    The per-image unit of work: it reads only ``item`` and writes only below ``out``.
+    """
+    if not within(out, out / item.image):
+        raise BadInputError(item.source, f"output name {item.image!r} would leave the prepared folder", kind="bad_id")
     img = read_image(item.source)
     img = img.convert(item.mode)
     width, height = img.size
@@ -382,6 +425,7 @@ def _process(item: _Item, out: Path, size: int) -> dict:
     if item.rles is not None:
         row["mask"] = ""
         if item.rles:
+            _check_mask_grid(item, width, height)
             mask = decode_rle_union(item.rles, height, width, source=item.rle_source, rows=item.rle_rows)
             mask_img = Image.fromarray(mask.astype(np.uint8) * 255)
             mask_rel = "masks/" + Path(item.image).name
@@ -389,6 +433,20 @@ def _process(item: _Item, out: Path, size: int) -> dict:
             _resize_shortest(mask_img, size, Image.Resampling.NEAREST).save(out / mask_rel)
             row["mask"] = mask_rel
     return row
+
+
+def _check_mask_grid(item: _Item, width: int, height: int) -> None:
+    """An RLE that runs past the image's pixel count means the image's size disagrees with the mask grid of the
+    table: the DICOM is blamed (its RLE rows are named)."""
+    try:
+        extent = max(rle_extent(r) for r in item.rles)
+    except ValueError:  # malformed RLE: decode_rle names the row
+        return
+    if extent > width * height:
+        raise BadInputError(item.source, f"image is {width}x{height} ({width * height} pixels) but its masks in "
+                            f"{Path(item.rle_source).name} rows {item.rle_rows} run to pixel {extent}: the DICOM's "
+                            "size disagrees with the RLE grid; replace the file (or drop its rows)",
+                            kind="mask_mismatch")
 
 
 def _run(items: list[_Item], out: Path, size: int, issues: _Issues, workers: int, desc: str) -> list[dict]:
@@ -461,24 +519,24 @@ def prepare_dataset(name: str, raw_root: Path, out_dir: Path, data_cfg: DataConf
     if not raw_dir.is_dir():
         raise PrepareError(f"{raw_dir}: raw data set folder not found; run `python -m ace_lora fetch {name}` first")
     start = time.perf_counter()
-    issues = _Issues(data_cfg.on_bad_input)
+    issues = _Issues(data_cfg.on_bad_input, raw_dir)
     notes: dict = {}
     items = _COLLECT[name](raw_dir, data_cfg, issues, notes)
     if not items:
-        raise PrepareError(f"{raw_dir}: no usable images ({len(issues.skipped)} skipped)")
+        raise PrepareError(f"{raw_dir}: no usable images ({len(issues.skipped)} skipped: "
+                           f"{issues.report()['by_reason']})")
     boxes = notes.pop("_boxes", None)
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     with atomic_dir(out_dir) as tmp:
         rows = _run(items, tmp, data_cfg.image_size, issues, workers, f"prepare {name}")
         if not rows:
-            raise PrepareError(f"{raw_dir}: every image was skipped ({len(issues.skipped)})")
+            raise PrepareError(f"{raw_dir}: every image was skipped ({len(issues.skipped)}: "
+                               f"{issues.report()['by_reason']})")
         manifest = pd.DataFrame(rows)
         if name == "rsna":
-            manifest["split"] = split_by_group(manifest["patient_id"], manifest["label"], RSNA_FRACTIONS,
-                                               data_cfg.split_seed)
+            manifest["split"] = split_by_group(manifest["patient_id"], RSNA_FRACTIONS, data_cfg.split_seed)
         elif name == "siim":
-            manifest["split"] = split_by_group(manifest["patient_id"], manifest["label"], SIIM_FRACTIONS,
-                                               data_cfg.split_seed)
+            manifest["split"] = split_by_group(manifest["patient_id"], SIIM_FRACTIONS, data_cfg.split_seed)
         manifest = _order_columns(manifest)
         manifest.to_csv(tmp / "manifest.csv", index=False)
         if boxes is not None:
@@ -489,14 +547,15 @@ def prepare_dataset(name: str, raw_root: Path, out_dir: Path, data_cfg: DataConf
             out_boxes.to_csv(tmp / "boxes.csv", index=False)
             notes["boxes_written"] = int(len(out_boxes))
         report = {
-            "dataset": name, "raw_dir": str(raw_dir), "image_size": data_cfg.image_size,
-            "split_seed": data_cfg.split_seed, "on_bad_input": data_cfg.on_bad_input,
-            "counts": _counts(manifest, name), "protocol": notes,
-            "skipped": sorted(issues.skipped, key=lambda k: (k["file"], k["row"] or 0)),
-            "n_skipped": len(issues.skipped),
-            "seconds": round(time.perf_counter() - start, 2),
+            "dataset": name, "image_size": data_cfg.image_size, "split_seed": data_cfg.split_seed,
+            "on_bad_input": data_cfg.on_bad_input, "counts": _counts(manifest, name), "protocol": notes,
+            "skipped": issues.report(),
         }
         (tmp / "prepare_report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    skipped = report["skipped"]
+    log.info("%s: prepared %d images from %s into %s in %.1f s; %d input(s) skipped%s", name, len(manifest), raw_dir,
+             out_dir, time.perf_counter() - start, skipped["count"],
+             f" {skipped['by_reason']} (listed in prepare_report.json)" if skipped["count"] else "")
     return report
 
 
