@@ -194,6 +194,9 @@ def test_prepare_writes_processed_format(prepared, name):
         assert rel.startswith("images/") and rel.endswith(".png")
         with Image.open(out / rel) as img:
             assert img.mode == ("RGB" if name in ("mhist", "lc25000") else "L")
+            if name == "mimic":  # training pairs: straight to SIZE x SIZE, the reference's one training resize
+                assert img.size == (SIZE, SIZE)
+                continue
             assert min(img.size) == SIZE
             assert abs(img.size[0] / img.size[1] - w / h) < 0.1  # aspect ratio kept
     saved = json.loads((out / "prepare_report.json").read_text())

@@ -75,6 +75,7 @@ class _Item:
     rle_source: str = ""
     rle_rows: list = field(default_factory=list)
     header_ids: bool = False         # take patient/study IDs from the DICOM header (SIIM)
+    square: bool = False             # cache at size x size (training pairs: the reference's one training resize)
 
 
 class _Issues:
@@ -217,7 +218,7 @@ def _collect_mimic(raw_dir: Path, cfg: DataConfig, issues: _Issues, notes: dict)
         labels = {c: int(rec[c]) for c in CHEXPERT_FINDINGS}
         items.append(_Item(source, f"images/{rec.dicom_id}.png",
                            {"split": split, "patient_id": str(rec.subject_id), "study_id": str(rec.study_id),
-                            **labels, "text": text}))
+                            **labels, "text": text}, square=True))
     return items
 
 
@@ -415,7 +416,7 @@ def _process(item: _Item, out: Path, size: int) -> dict:
     width, height = img.size
     target = out / item.image
     target.parent.mkdir(parents=True, exist_ok=True)
-    _resize_shortest(img, size, Image.Resampling.BICUBIC).save(target)
+    _resize_shortest(img, size, Image.Resampling.BICUBIC, square=item.square).save(target)
     row = {"image": item.image, **item.fields, "orig_width": width, "orig_height": height}
     if item.header_ids:
         header = read_dicom_header(item.source)
