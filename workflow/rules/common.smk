@@ -23,14 +23,20 @@ STAGE_PARAMS = {
     "report": ["paths"],
 }
 
-# Library code each stage runs (dvc.yaml lists the same files and folders as deps).
+# Library code each stage runs: the import closure of `python -m ace_lora <stage>` (tests/test_dag_deps.py computes
+# it from the code and fails when a module is missing here or in dvc.yaml, which lists the same files and folders).
+CLI_CODE = ["ace_lora/__init__.py", "ace_lora/__main__.py", "ace_lora/cli.py", "ace_lora/config.py", "ace_lora/io.py"]
+DATA_CODE = ["ace_lora/data/__init__.py", "ace_lora/data/fetch.py", "ace_lora/data/fixtures.py",
+             "ace_lora/data/prepare.py", "ace_lora/data/readers.py", "ace_lora/prompts.py"]
+MODEL_CODE = ["ace_lora/data", "ace_lora/eval", "ace_lora/models", "ace_lora/assets/tiny_vocab.txt",
+              "ace_lora/distributed.py", "ace_lora/prompts.py"]
 STAGE_CODE = {
-    "fetch": ["ace_lora/data/fetch.py", "ace_lora/data/fixtures.py"],
-    "prepare": ["ace_lora/data/prepare.py", "ace_lora/data/readers.py"],
-    "prompts": ["ace_lora/prompts.py"],
-    "train": ["ace_lora/train.py", "ace_lora/models", "ace_lora/losses.py"],
-    "evaluate": ["ace_lora/eval", "ace_lora/models", "ace_lora/data/benchmarks.py"],
-    "report": ["ace_lora/eval/report.py"],
+    "fetch": CLI_CODE + DATA_CODE,
+    "prepare": CLI_CODE + DATA_CODE,
+    "prompts": CLI_CODE + DATA_CODE + ["ace_lora/data/benchmarks.py"],
+    "train": CLI_CODE + MODEL_CODE + ["ace_lora/losses.py", "ace_lora/provenance.py", "ace_lora/train.py"],
+    "evaluate": CLI_CODE + MODEL_CODE,
+    "report": CLI_CODE + ["ace_lora/eval/__init__.py", "ace_lora/eval/report.py"],
 }
 
 
