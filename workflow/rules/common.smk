@@ -1,4 +1,5 @@
 # Names and paths shared by the rules; they mirror ace_lora.cli.stage_paths and dvc.yaml.
+import os
 from pathlib import Path
 
 RAW = config["paths"]["raw"]
@@ -11,7 +12,8 @@ VALIDATION = config["train"]["validation"]
 PROMPTS = f"{RESULTS}/prompts.json"
 REPORT_MD = f"{RESULTS}/benchmarks.md"
 REPORT_CSV = f"{RESULTS}/benchmarks.csv"
-ACE = "python -m ace_lora --params params.yaml"
+ACE = "python -m ace_lora --params params.yaml"  # rules pass it as params.ace (snakemake --lint)
+ENV = "../envs/ace-lora.yaml"  # conda environment of every rule (snakemake --sdm conda)
 
 # params.yaml sections each stage reads (dvc.yaml `params:` lists the same).
 STAGE_PARAMS = {
@@ -20,7 +22,7 @@ STAGE_PARAMS = {
     "prompts": ["paths", "prompts", "evaluate.datasets", "train.validation"],
     "train": ["paths", "model", "loss", "methods", "train", "evaluate.ensemble"],  # validation: model selection
     "evaluate": ["paths", "model", "loss", "methods", "evaluate"],
-    "report": ["paths"],
+    "report": ["paths", "methods", "evaluate.datasets"],  # the table has exactly these rows and columns
 }
 
 # Library code each stage runs: the import closure of `python -m ace_lora <stage>` (tests/test_dag_deps.py computes
@@ -60,4 +62,5 @@ def stage_code(stage):
 
 
 def timing(stage, pattern=""):
-    return f"{RESULTS}/timings/{stage}{pattern}.tsv"
+    """Benchmark file of a job: results/timings/<stage>[/<pattern>].tsv."""
+    return os.path.join(RESULTS, "timings", *([stage, pattern] if pattern else [stage])) + ".tsv"
