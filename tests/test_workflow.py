@@ -62,18 +62,31 @@ def _strip_redirect(cmd: str) -> str:
     return re.sub(r"\s*(2>|>)\s*\S+(\s*2>&1)?", "", cmd).strip()
 
 
+# Snakemake's DAG through its Python API (the jobs of a forced run), printed as JSON by a child process so the
+# Snakefile's module state stays out of the test process.
+_SNAKEMAKE_DAG = """
+import json
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import DAGSettings, OutputSettings, Quietness, ResourceSettings
+
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    workflow_api = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path("Snakefile"),
+                                workdir=Path("."))
+    workflow_api.dag(dag_settings=DAGSettings(forceall=True))
+    workflow = workflow_api._workflow
+    workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
+    workflow._build_dag()
+    print(json.dumps([{"rule": job.rule.name, "shell": job.shellcmd, "input": list(map(str, job.input)),
+                       "output": list(map(str, job.output))} for job in workflow.dag.jobs]))
+"""
+
+
 def _snakemake_jobs(cwd: Path) -> dict[str, tuple[frozenset, frozenset]]:
-    """Dry-run every job: shell command -> (inputs, outputs)."""
-    out = _run([sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "1", "-p"], cwd).stdout
-    jobs = {}
-    for block in out.split("\nrule ")[1:]:
-        fields = dict(re.findall(r"^\s+(input|output): (.*)$", block, re.M))
-        shell = re.search(r"^Shell command: (.*)$", block, re.M)
-        if shell is None or shell.group(1) == "None":  # the `all` target runs no command
-            continue
-        split = lambda s: frozenset(p.strip() for p in s.split(",") if p.strip())
-        jobs[_strip_redirect(shell.group(1))] = (split(fields.get("input", "")), split(fields["output"]))
-    return jobs
+    """Every job of Snakemake's DAG: shell command -> (inputs, outputs)."""
+    jobs = json.loads(_run([sys.executable, "-c", _SNAKEMAKE_DAG], cwd).stdout.strip().splitlines()[-1])
+    return {_strip_redirect(job["shell"]): (frozenset(job["input"]), frozenset(job["output"]))
+            for job in jobs if job["shell"]}  # the `all` target runs no command
 
 
 def _dvc_stages(cwd: Path) -> dict[str, tuple[frozenset, frozenset, frozenset, str]]:
