@@ -185,8 +185,8 @@ def _methods_help(params_path: str | None) -> str:
 
 def build_parser(params_path: str | None = None) -> argparse.ArgumentParser:
     """The CLI; ``params_path``: list that file's methods in the help texts."""
-    parser = argparse.ArgumentParser(prog="python -m ace_lora", description=__doc__.splitlines()[0],
-                                     epilog=f"Data sets: {', '.join(DATASETS)}. {_methods_help(params_path).capitalize()}.")
+    epilog = f"Data sets: {', '.join(DATASETS)}. {_methods_help(params_path).capitalize()}."
+    parser = argparse.ArgumentParser(prog="python -m ace_lora", description=__doc__.splitlines()[0], epilog=epilog)
     parser.add_argument("--version", action="version", version=f"ace-lora {_version()}")
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

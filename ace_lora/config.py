@@ -155,7 +155,8 @@ class DataConfig:
     split_seed: int = param(0, "Seed of every protocol split (RSNA, SIIM, CheXpert 5x200 sampling).", minimum=0)
     demo: DemoConfig = param(DemoConfig(), "Synthetic demo data settings.")
     urls: dict = param({}, "source real: download URLs overriding the defaults, per key: lc25000 (a mirror of "
-                       "LC25000.zip), mimic (MIMIC-CXR-JPG base URL), mimic_reports (mimic-cxr-reports.zip).", names=True)
+                       "LC25000.zip), mimic (MIMIC-CXR-JPG base URL), mimic_reports (mimic-cxr-reports.zip).",
+                       names=True)
     sha256: dict = param({}, "source real: expected sha256 of downloaded archives, per key of data.urls.",
                          names=True)
 
