@@ -1,4 +1,4 @@
-"""Pipeline stages: ``python -m ace_lora <stage> ...``.
+"""Pipeline stages of ace-lora: python -m ace_lora <stage> (or ace-lora <stage>), one per DAG stage.
 
 Each stage parses its arguments, loads ``params.yaml``, calls one library function and writes its outputs at the
 paths the DAG (``Snakefile`` and ``dvc.yaml``) declares; :func:`stage_paths` is the one place those paths are named.
@@ -7,9 +7,14 @@ paths the DAG (``Snakefile`` and ``dvc.yaml``) declares; :func:`stage_paths` is 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import pickle
+import re
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from ace_lora.config import Params, ParamsError, load_params, parameter_table, schema
@@ -157,10 +162,36 @@ def cmd_schema(args: argparse.Namespace, params: Params | None) -> None:
 # ---------------------------------------------------------------------------------------------- parsing
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ace_lora", description=__doc__.splitlines()[0])
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ace-lora")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _methods_help(params_path: str | None) -> str:
+    """The methods defined in the parameters file, for --help (listed when the file loads)."""
+    names = []
+    if params_path is not None:
+        try:
+            names = list(load_params(params_path).methods)
+        except (ParamsError, OSError):
+            pass
+    where = f"methods of {params_path or 'the parameters file'}"
+    return f"{where}: {', '.join(names)}" if names else where
+
+
+def build_parser(params_path: str | None = None) -> argparse.ArgumentParser:
+    """The CLI; ``params_path``: list that file's methods in the help texts."""
+    epilog = f"Data sets: {', '.join(DATASETS)}. {_methods_help(params_path).capitalize()}."
+    parser = argparse.ArgumentParser(prog="python -m ace_lora", description=__doc__.splitlines()[0], epilog=epilog)
+    parser.add_argument("--version", action="version", version=f"ace-lora {_version()}")
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    dataset_help = f"data set: {', '.join(DATASETS)}"
+    method_help = _methods_help(params_path)
     sub = parser.add_subparsers(dest="stage", required=True, metavar="stage")
 
     def add(name: str, func, help: str, needs_params: bool = True) -> argparse.ArgumentParser:
@@ -169,17 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("fetch", cmd_fetch, "Fetch (demo: generate) one raw data set, or verify it in place.").add_argument(
-        "dataset", choices=DATASETS)
+        "dataset", choices=DATASETS, metavar="dataset", help=dataset_help)
     add("prepare", cmd_prepare, "Prepare one data set: manifest, image cache, masks, boxes.").add_argument(
-        "dataset", choices=DATASETS)
+        "dataset", choices=DATASETS, metavar="dataset", help=dataset_help)
     add("prompts", cmd_prompts, "Write the zero-shot prompts file.")
     p = add("train", cmd_train, "Train (or export, for train: false) one method's adapter.")
-    p.add_argument("method")
+    p.add_argument("method", help=method_help)
     p.add_argument("--resume", action="store_true",
                    help="continue from the method's last checkpoint when it was written with the same settings")
     p = add("evaluate", cmd_evaluate, "Evaluate one method on every benchmark of one data set.")
-    p.add_argument("method")
-    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("method", help=method_help)
+    p.add_argument("dataset", choices=DATASETS, metavar="dataset", help=dataset_help)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when present")
     add("report", cmd_report, "Build results/benchmarks.md and .csv from the metrics files.")
     p = add("describe-model", cmd_describe_model, "Print the trainable-parameter breakdown of a preset.", False)
@@ -197,17 +228,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Errors that mean bad input, missing data, invalid parameters or a diverging run: one line, exit 2. pandas'
+#: ParserError, EmptyDataError and MergeError are ValueErrors; gzip.BadGzipFile is an OSError.
+USER_ERRORS = (ParamsError, OSError, ValueError, KeyError, RuntimeError, ArithmeticError, EOFError,
+               zipfile.BadZipFile, pickle.UnpicklingError, subprocess.CalledProcessError)
+
+
+def describe_error(err: BaseException) -> str:
+    """One line naming the problem and, for the classes without their own remedy, what to do."""
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f"{err.filename}: " if err.filename else ""
+        message = f"{where}no space left on device; free disk space (or point paths.* elsewhere) and rerun"
+    elif isinstance(err, (EOFError, zipfile.BadZipFile, pickle.UnpicklingError)):
+        message = (f"truncated or corrupt file ({type(err).__name__}: {message or 'unexpected end of data'}); "
+                   f"delete or re-fetch the file named above and rerun")
+    elif isinstance(err, subprocess.CalledProcessError):
+        message = f"training processes failed with exit code {err.returncode}; their log lines above name the cause"
+    return re.sub(r"\s*\n\s*", " ", message).strip() or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--params", default="params.yaml")
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    args = build_parser(pre.parse_known_args(argv)[0].params if wants_help else None).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         params = load_params(args.params) if args.needs_params else None
         args.func(args, params)
-    # Bad input, missing data, invalid parameters, a diverging run: one line naming the problem (--debug: traceback).
-    except (ParamsError, OSError, ValueError, KeyError, RuntimeError, ArithmeticError) as err:
+    except USER_ERRORS as err:  # one line naming the problem (--debug: the traceback)
         if args.debug:
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error ({args.stage}): {message}", file=sys.stderr)
+        print(f"error ({args.stage}): {describe_error(err)}", file=sys.stderr)
         return 2
     return 0

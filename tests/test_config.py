@@ -37,6 +37,16 @@ def test_shipped_params_files_are_valid(params_file):
         ({"methods": {"m": {"lora": {"colour": 1}}}}, "methods.m.lora.colour"),
         ({"evaluate": {"datasets": ["imagenet"]}}, "evaluate.datasets"),
         ({"data": {"source": None}}, "data.source"),
+        ({"methods": {"../../x": {}}}, "methods.../../x"),
+        ({"methods": {"a`id`": {}}}, "methods.a`id`"),
+        ({"train": {"grad_clip": -1}}, "train.grad_clip"),
+        ({"train": {"max_steps": 0}}, "train.max_steps"),
+        ({"train": {"lr": 0}}, "train.lr"),
+        ({"train": {"betas": [0.9, 1.0]}}, "train.betas"),
+        ({"train": {"betas": [0.9]}}, "train.betas"),
+        ({"model": {"lora": {"dropout": 1.0}}}, "model.lora.dropout"),
+        ({"paths": {"results": "a b"}}, "paths.results"),
+        ({"prompts": {"templates": {"-x": ["{}"]}}}, "prompts.templates.-x"),
     ],
 )
 def test_invalid_values_name_the_key(override, key):
@@ -98,3 +108,19 @@ def test_readme_parameter_table_is_current():
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- params:start -->\n", 1)[1].split("\n<!-- params:end -->", 1)[0]
     assert block.strip() == C.parameter_table().strip(), "run `python -m ace_lora schema --markdown` into README.md"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"train": {"lr": float("nan")}}, "train.lr"),
+        ({"train": {"grad_clip": float("inf")}}, "train.grad_clip"),
+        ({"evaluate": {"dataeff_fractions": [float("nan")]}}, "evaluate.dataeff_fractions[0]"),
+        ({"prompts": {"templates": {"chest": ["{0}"]}}}, "prompts.templates.chest"),
+        ({"prompts": {"templates": {"chest": ["{finding} in {}"]}}}, "prompts.templates.chest"),
+    ],
+)
+def test_values_the_schema_cannot_express_are_refused_at_load(override, key):
+    """NaN/inf and template fields: the loader refuses them (the Snakefile runs the same check)."""
+    with pytest.raises(C.ParamsError, match=key.replace(".", r"\.").replace("[", r"\[")):
+        C.build(C.Params, override)

@@ -62,18 +62,31 @@ def _strip_redirect(cmd: str) -> str:
     return re.sub(r"\s*(2>|>)\s*\S+(\s*2>&1)?", "", cmd).strip()
 
 
+# Snakemake's DAG through its Python API (the jobs of a forced run), printed as JSON by a child process so the
+# Snakefile's module state stays out of the test process.
+_SNAKEMAKE_DAG = """
+import json
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import DAGSettings, OutputSettings, Quietness, ResourceSettings
+
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    workflow_api = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path("Snakefile"),
+                                workdir=Path("."))
+    workflow_api.dag(dag_settings=DAGSettings(forceall=True))
+    workflow = workflow_api._workflow
+    workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
+    workflow._build_dag()
+    print(json.dumps([{"rule": job.rule.name, "shell": job.shellcmd, "input": list(map(str, job.input)),
+                       "output": list(map(str, job.output))} for job in workflow.dag.jobs]))
+"""
+
+
 def _snakemake_jobs(cwd: Path) -> dict[str, tuple[frozenset, frozenset]]:
-    """Dry-run every job: shell command -> (inputs, outputs)."""
-    out = _run([sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "1", "-p"], cwd).stdout
-    jobs = {}
-    for block in out.split("\nrule ")[1:]:
-        fields = dict(re.findall(r"^\s+(input|output): (.*)$", block, re.M))
-        shell = re.search(r"^Shell command: (.*)$", block, re.M)
-        if shell is None or shell.group(1) == "None":  # the `all` target runs no command
-            continue
-        split = lambda s: frozenset(p.strip() for p in s.split(",") if p.strip())
-        jobs[_strip_redirect(shell.group(1))] = (split(fields.get("input", "")), split(fields["output"]))
-    return jobs
+    """Every job of Snakemake's DAG: shell command -> (inputs, outputs)."""
+    jobs = json.loads(_run([sys.executable, "-c", _SNAKEMAKE_DAG], cwd).stdout.strip().splitlines()[-1])
+    return {_strip_redirect(job["shell"]): (frozenset(job["input"]), frozenset(job["output"]))
+            for job in jobs if job["shell"]}  # the `all` target runs no command
 
 
 def _dvc_stages(cwd: Path) -> dict[str, tuple[frozenset, frozenset, frozenset, str]]:
@@ -88,6 +101,11 @@ def _dvc_stages(cwd: Path) -> dict[str, tuple[frozenset, frozenset, frozenset, s
             outs = frozenset(out.def_path for out in stage.outs)
             stages[stage.cmd] = (deps, outs, params, stage.name.split("@")[0])
     return stages
+
+
+# dvc.yaml's prompts stage also lists `methods`: DVC then checks a changed method list before any train/evaluate
+# command names the method in a shell (Snakemake checks params.yaml in the Snakefile itself).
+DVC_ONLY_PARAMS = {"prompts": {"methods"}}
 
 
 def _smk_constant(name: str):
@@ -108,7 +126,14 @@ def test_snakemake_and_dvc_declare_the_same_dag():
         collapsed = frozenset(p if p in deps else next((d for d in deps if p.startswith(d + "/")), p) for p in inputs)
         assert collapsed == deps, f"{cmd}: inputs {sorted(collapsed ^ deps)} differ"
         assert outputs == outs, f"{cmd}: outputs {sorted(outputs ^ outs)} differ"
-        assert set(_smk_constant("STAGE_PARAMS")[stage]) == params, f"{stage}: params differ"
+        expected = set(_smk_constant("STAGE_PARAMS")[stage]) | DVC_ONLY_PARAMS.get(stage, set())
+        assert expected == params, f"{stage}: params differ"
+
+
+def test_snakemake_lint_is_clean():
+    proc = _run([sys.executable, "-m", "snakemake", "--lint"], ROOT, check=False)
+    assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout[-6000:]
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def test_dag_covers_every_method_and_dataset():
@@ -127,6 +152,17 @@ def test_schema_file_is_generated_from_the_config():
     proc = _run([sys.executable, "-m", "ace_lora", "schema", "--check", "workflow/schemas/params.schema.json"],
                 ROOT, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_configfile_and_config_are_refused_with_how_to_switch(tmp_path):
+    project = _project_copy(tmp_path)
+    for extra in (["--configfile", "configs/paper.yaml"], ["--config", "train={lr: 0.1}"]):
+        (project / "configs").mkdir(exist_ok=True)
+        shutil.copy(ROOT / "configs/paper.yaml", project / "configs/paper.yaml")
+        proc = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", *extra], project, check=False)
+        assert proc.returncode != 0
+        assert "cp configs/paper.yaml params.yaml" in proc.stdout + proc.stderr
+    _run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], project)  # params.yaml alone is fine
 
 
 def test_bad_params_fail_before_any_stage_naming_the_key(tmp_path):
@@ -203,7 +239,80 @@ def test_dvc_repro_demo_then_metrics_diff(tmp_path):
     assert "train@ace_lora" in set(re.findall(r"Running stage '([\w@-]+)'", dry))
     params["evaluate"].update(bootstrap=SMALL["evaluate"]["bootstrap"], ensemble="mean")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["dvc", "exp", "run", "-S", "evaluate.seed=1"], project)
+    _run(["dvc", "exp", "run", "-S", f"train.lr={params['train']['lr'] * 3}"], project)
     diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], project).stdout)
-    keys = {k for per_file in diff.values() for k in per_file}
-    assert any(k.startswith("zeroshot/") for k in keys), diff
+    moved = {(path, key) for path, per_file in diff.items() for key, value in per_file.items() if value.get("diff")}
+    assert any("metrics/train/ace_lora" in path for path, _ in moved), f"no training delta: {diff}"
+    assert any("metrics/evaluate/ace_lora" in path and key.startswith("zeroshot/") for path, key in moved), diff
+    again = _run(["dvc", "repro"], project).stdout
+    assert "Running stage" not in again  # an identical rerun does nothing
+    current = yaml.safe_load((project / "params.yaml").read_text())
+    for name in BAD_METHOD_NAMES:  # refused by the prompts stage's params check before any command names it
+        bad = yaml.safe_load((project / "params.yaml").read_text())
+        bad["methods"][name] = {}
+        _write_params(project, bad)
+        before = {p for p in project.rglob("*") if ".dvc" not in p.parts}
+        proc = _run(["dvc", "repro"], project, check=False)
+        assert proc.returncode != 0, proc.stdout
+        _assert_nothing_ran(project, before)
+        _write_params(project, current)
+
+
+def _write_params(project: Path, params: dict) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _small_params() -> dict:
+    return _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), SMALL)
+
+
+BAD_METHOD_NAMES = ["x`touch PWNED`", "../../../escaped"]
+
+
+def _assert_nothing_ran(project: Path, before: set[Path]) -> None:
+    assert not list(project.parent.rglob("PWNED")) and not (project / "PWNED").exists()
+    assert not list(project.parent.parent.glob("escaped*")) and not list(project.parent.glob("escaped*"))
+    assert not (project / "results/train/x`touch PWNED`").exists()
+    new = {p for p in project.rglob("*") if ".snakemake" not in p.parts and ".dvc" not in p.parts} - before
+    assert new <= {project / "params.yaml"}, sorted(map(str, new))
+
+
+def test_snakemake_training_param_change_retrains_and_identical_rerun_does_nothing(snakemake_demo):
+    """Only the one target's chain runs: train ace_lora (new lr), evaluate it on CheXpert."""
+    params = _small_params()
+    _write_params(snakemake_demo, params)
+    target = "results/metrics/evaluate/ace_lora/chexpert.json"
+    before_train = (snakemake_demo / "results/metrics/train/ace_lora.json").read_text()
+    before_eval = (snakemake_demo / target).read_text()
+    assert "Nothing to be done" in _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", target],
+                                        snakemake_demo).stdout
+    params["train"]["lr"] = params["train"]["lr"] * 3
+    _write_params(snakemake_demo, params)
+    _run([sys.executable, "-m", "snakemake", "--cores", "2", target], snakemake_demo)
+    assert (snakemake_demo / "results/metrics/train/ace_lora.json").read_text() != before_train
+    assert (snakemake_demo / target).read_text() != before_eval, "a new lr must reach the evaluation metrics"
+    again = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", target], snakemake_demo)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_snakemake_removed_method_leaves_the_report(snakemake_demo):
+    params = _small_params()
+    del params["methods"]["lora_only"]
+    _write_params(snakemake_demo, params)
+    dry = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "results/benchmarks.md"], snakemake_demo)
+    assert "report" in set(re.findall(r"^rule (\w+):", dry.stdout, re.M))
+    _run([sys.executable, "-m", "ace_lora", "report"], snakemake_demo)  # the report job's command
+    table = (snakemake_demo / "results/benchmarks.md").read_text()
+    assert "lora_only" not in table and all(m in table for m in params["methods"]), table
+
+
+@pytest.mark.parametrize("name", BAD_METHOD_NAMES)
+def test_snakemake_refuses_a_method_name_that_is_not_a_word(snakemake_demo, name):
+    params = _small_params()
+    params["methods"][name] = {}
+    _write_params(snakemake_demo, params)
+    before = {p for p in snakemake_demo.rglob("*") if ".snakemake" not in p.parts}
+    proc = _run([sys.executable, "-m", "snakemake", "--cores", "1"], snakemake_demo, check=False)
+    assert proc.returncode != 0 and "methods" in proc.stdout + proc.stderr
+    _assert_nothing_ran(snakemake_demo, before)
+    _write_params(snakemake_demo, _small_params())

@@ -1,4 +1,5 @@
 # Names and paths shared by the rules; they mirror ace_lora.cli.stage_paths and dvc.yaml.
+import os
 from pathlib import Path
 
 RAW = config["paths"]["raw"]
@@ -11,7 +12,8 @@ VALIDATION = config["train"]["validation"]
 PROMPTS = f"{RESULTS}/prompts.json"
 REPORT_MD = f"{RESULTS}/benchmarks.md"
 REPORT_CSV = f"{RESULTS}/benchmarks.csv"
-ACE = "python -m ace_lora --params params.yaml"
+ACE = "python -m ace_lora --params params.yaml"  # rules pass it as params.ace (snakemake --lint)
+ENV = "../envs/ace-lora.yaml"  # conda environment of every rule (snakemake --sdm conda)
 
 # params.yaml sections each stage reads (dvc.yaml `params:` lists the same).
 STAGE_PARAMS = {
@@ -20,17 +22,23 @@ STAGE_PARAMS = {
     "prompts": ["paths", "prompts", "evaluate.datasets", "train.validation"],
     "train": ["paths", "model", "loss", "methods", "train", "evaluate.ensemble"],  # validation: model selection
     "evaluate": ["paths", "model", "loss", "methods", "evaluate"],
-    "report": ["paths"],
+    "report": ["paths", "methods", "evaluate.datasets"],  # the table has exactly these rows and columns
 }
 
-# Library code each stage runs (dvc.yaml lists the same files and folders as deps).
+# Library code each stage runs: the import closure of `python -m ace_lora <stage>` (tests/test_dag_deps.py computes
+# it from the code and fails when a module is missing here or in dvc.yaml, which lists the same files and folders).
+CLI_CODE = ["ace_lora/__init__.py", "ace_lora/__main__.py", "ace_lora/cli.py", "ace_lora/config.py", "ace_lora/io.py"]
+DATA_CODE = ["ace_lora/data/__init__.py", "ace_lora/data/fetch.py", "ace_lora/data/fixtures.py",
+             "ace_lora/data/prepare.py", "ace_lora/data/readers.py", "ace_lora/prompts.py"]
+MODEL_CODE = ["ace_lora/data", "ace_lora/eval", "ace_lora/models", "ace_lora/assets/tiny_vocab.txt",
+              "ace_lora/distributed.py", "ace_lora/prompts.py"]
 STAGE_CODE = {
-    "fetch": ["ace_lora/data/fetch.py", "ace_lora/data/fixtures.py"],
-    "prepare": ["ace_lora/data/prepare.py", "ace_lora/data/readers.py"],
-    "prompts": ["ace_lora/prompts.py"],
-    "train": ["ace_lora/train.py", "ace_lora/models", "ace_lora/losses.py"],
-    "evaluate": ["ace_lora/eval", "ace_lora/models", "ace_lora/data/benchmarks.py"],
-    "report": ["ace_lora/eval/report.py"],
+    "fetch": CLI_CODE + DATA_CODE,
+    "prepare": CLI_CODE + DATA_CODE,
+    "prompts": CLI_CODE + DATA_CODE + ["ace_lora/data/benchmarks.py"],
+    "train": CLI_CODE + MODEL_CODE + ["ace_lora/losses.py", "ace_lora/provenance.py", "ace_lora/train.py"],
+    "evaluate": CLI_CODE + MODEL_CODE,
+    "report": CLI_CODE + ["ace_lora/eval/__init__.py", "ace_lora/eval/report.py"],
 }
 
 
@@ -54,4 +62,5 @@ def stage_code(stage):
 
 
 def timing(stage, pattern=""):
-    return f"{RESULTS}/timings/{stage}{pattern}.tsv"
+    """Benchmark file of a job: results/timings/<stage>[/<pattern>].tsv."""
+    return os.path.join(RESULTS, "timings", *([stage, pattern] if pattern else [stage])) + ".tsv"

@@ -4,16 +4,19 @@ rule fetch:
     output:
         f"{RAW}/{{dataset}}.fetched.json",
     params:
+        ace=ACE,
         **stage_params("fetch"),
     wildcard_constraints:
         dataset="|".join(DATASETS),
     retries: 2
+    conda:
+        ENV
     benchmark:
-        timing("fetch", "/{dataset}")
+        timing("fetch", "{dataset}")
     log:
         f"{RESULTS}/logs/fetch/{{dataset}}.log",
     shell:
-        "{ACE} fetch {wildcards.dataset} 2> {log}"
+        "{params.ace} fetch {wildcards.dataset} 2> {log}"
 
 
 rule prepare:
@@ -23,17 +26,20 @@ rule prepare:
     output:
         directory(f"{PROCESSED}/{{dataset}}"),
     params:
+        ace=ACE,
         **stage_params("prepare"),
     wildcard_constraints:
         dataset="|".join(DATASETS),
     resources:
         mem_mb=4000,
+    conda:
+        ENV
     benchmark:
-        timing("prepare", "/{dataset}")
+        timing("prepare", "{dataset}")
     log:
         f"{RESULTS}/logs/prepare/{{dataset}}.log",
     shell:
-        "{ACE} prepare {wildcards.dataset} 2> {log}"
+        "{params.ace} prepare {wildcards.dataset} 2> {log}"
 
 
 rule prompts:
@@ -42,10 +48,13 @@ rule prompts:
     output:
         PROMPTS,
     params:
+        ace=ACE,
         **stage_params("prompts"),
+    conda:
+        ENV
     benchmark:
         timing("prompts")
     log:
         f"{RESULTS}/logs/prompts.log",
     shell:
-        "{ACE} prompts 2> {log}"
+        "{params.ace} prompts 2> {log}"

@@ -8,6 +8,7 @@ rule evaluate:
         artifacts=directory(f"{RESULTS}/evaluate/{{method}}/{{dataset}}"),
         metrics=f"{RESULTS}/metrics/evaluate/{{method}}/{{dataset}}.json",
     params:
+        ace=ACE,
         **stage_params("evaluate"),
     wildcard_constraints:
         method="|".join(METHODS),
@@ -17,12 +18,14 @@ rule evaluate:
     threads: 1
     resources:
         mem_mb=8000,
+    conda:
+        ENV
     benchmark:
-        timing("evaluate", "/{method}/{dataset}")
+        timing("evaluate", "{method}/{dataset}")
     log:
         f"{RESULTS}/logs/evaluate/{{method}}/{{dataset}}.log",
     shell:
-        "{ACE} evaluate {wildcards.method} {wildcards.dataset} 2> {log}"
+        "{params.ace} evaluate {wildcards.method} {wildcards.dataset} 2> {log}"
 
 
 rule report:
@@ -33,10 +36,13 @@ rule report:
         md=REPORT_MD,
         csv=report(REPORT_CSV, caption="../report/benchmarks.rst", category="Benchmarks"),
     params:
+        ace=ACE,
         **stage_params("report"),
+    conda:
+        ENV
     benchmark:
         timing("report")
     log:
         f"{RESULTS}/logs/report.log",
     shell:
-        "{ACE} report > {log} 2>&1"
+        "{params.ace} report > {log} 2>&1"

@@ -10,6 +10,7 @@ rule train:
         log=f"{RESULTS}/plots/train/{{method}}.csv",
         val_log=f"{RESULTS}/plots/train/{{method}}_val.csv",
     params:
+        ace=ACE,
         **stage_params("train"),
     wildcard_constraints:
         method="|".join(METHODS),
@@ -19,9 +20,11 @@ rule train:
         mem_mb=16000,
         gpu=0,
     retries: 1  # a retry resumes from the method's last checkpoint (--resume)
+    conda:
+        ENV
     benchmark:
-        timing("train", "/{method}")
+        timing("train", "{method}")
     log:
         f"{RESULTS}/logs/train/{{method}}.log",
     shell:
-        "{ACE} train {wildcards.method} --resume 2> {log}"
+        "{params.ace} train {wildcards.method} --resume 2> {log}"
