@@ -43,3 +43,23 @@ def test_bench_eval_tiny():
     out = _script("bench_eval").main(["--preset", "tiny", "--images", "6", "--batch-size", "3", "--repeats", "1",
                                       "--bootstrap", "10", "--precision", "bf16"])
     assert out["precision"] == "bf16" and out["batched_images_per_s"] > 0 and out["evaluate_benchmark_s"] > 0
+
+
+def test_device_check_dry_run(tmp_path):
+    """The GPU check script runs end to end on the CPU (tiny preset) and leaves its figures in $OUT."""
+    import os
+    import subprocess
+
+    root = BENCHMARKS.parent
+    env = {**os.environ, "OUT": str(tmp_path), "DEVICE_CHECK_DRY_RUN": "1", "PYTHON": sys.executable,
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(["bash", str(BENCHMARKS / "device_check.sh")], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    log = (tmp_path / "device_check.log").read_text()
+    assert "needs CUDA" in log and "pairs/s" in log and "done in" in log
+    (train,) = json.loads((tmp_path / "bench_train_bf16.json").read_text())["results"]
+    assert train["precision"] == "bf16" and train["pairs_per_s"] > 0
+    assert json.loads((tmp_path / "bench_eval_bf16.json").read_text())["batched_images_per_s"] > 0
+    assert {r["kind"] for r in json.loads((tmp_path / "bench_model_bf16.json").read_text())["runs"]} == {
+        "train_step", "image_embedding"}
