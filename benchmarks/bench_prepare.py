@@ -59,16 +59,17 @@ def _sources(root: Path, n: int, jpeg: tuple[int, int], dicom: int) -> dict[str,
 
 
 def _per_image_s(items: list[P._Item], out: Path, size: int, draft: bool) -> float:
-    """Median seconds of the stage's per-image function (decode + resize + PNG write), one core."""
+    """Median CPU seconds of the stage's per-image function (decode + resize + PNG write) in this process: the
+    one-core cost, which other jobs on a shared machine change much less than the wall time."""
     saved = readers.DRAFT_FACTOR
     readers.DRAFT_FACTOR = saved if draft else 10**9  # never worth drafting: a full decode
     try:
         P._process(items[0], out, size)  # warm-up (imports, caches)
         times = []
         for item in items:
-            start = time.perf_counter()
+            start = time.process_time()
             P._process(item, out, size)
-            times.append(time.perf_counter() - start)
+            times.append(time.process_time() - start)
     finally:
         readers.DRAFT_FACTOR = saved
     return statistics.median(times)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
             s = _per_image_s(items[kind], root / "out", args.size, draft)
             key = f"{kind}{'_draft' if draft else ''}"
             serial[key] = s
-            print(f"{key:11s} one core: {1000 * s:7.1f} ms/image  {1 / s:6.2f} images/s", flush=True)
+            print(f"{key:11s} one core: {1000 * s:7.1f} CPU-ms/image  {1 / s:6.2f} images/s", flush=True)
         results["serial_s_per_image"] = serial
         parallel = {}
         for workers in args.workers:
