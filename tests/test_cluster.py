@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import ENV, ROOT, SMALL, _project_copy, _run
+from test_workflow import ENV, ROOT, SMALL, _project_copy
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
 

@@ -18,11 +18,10 @@ Files are found by name anywhere under the raw folder, so the official archives'
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
-from collections.abc import Callable
-import multiprocessing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,7 +394,8 @@ def _process_or_bad(item: _Item, out: Path, size: int) -> dict | tuple:
 
 def _map(items: list[_Item], out: Path, size: int, workers: int) -> Iterator[tuple[int, dict | tuple]]:
     """``(index, _process_or_bad(item))`` for every item: in this process when ``workers`` is 1, else on a pool of
-    ``workers`` processes (decoding is CPU-bound Python and C under the GIL) in completion order.
+    ``workers`` processes (pydicom and the per-image Python hold the GIL: threads do not scale), in
+    completion order.
 
     At most ``4 * workers`` items are in flight, so memory stays flat on data sets of 10^5 images; closing the
     iterator early (a bad input in ``error`` mode) cancels the rest.
