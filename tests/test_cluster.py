@@ -103,6 +103,10 @@ def _cluster_profile(dest: Path, partition: str) -> Path:
     for rule in profile["set-resources"].values():
         rule.pop("slurm_partition", None)
         rule.pop("gpu", None)
+    # an empty entry is an error ("--set-resources: expected at least one argument")
+    profile["set-resources"] = {rule: res for rule, res in profile["set-resources"].items() if res}
+    if not profile["set-resources"]:
+        del profile["set-resources"]
     dest.mkdir(parents=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return dest
