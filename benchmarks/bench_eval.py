@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="evaluate.precision: auto = bf16 on CUDA, fp32 on CPU (bf16 pays on CPUs with AMX)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
         "bootstrap": args.bootstrap,
     })
     print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 

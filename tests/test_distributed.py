@@ -109,3 +109,32 @@ def test_two_processes_match_one_process_on_same_global_batch(tmp_path, monkeypa
     m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert m2["global_batch"] == m1["global_batch"] == 8
     assert m2["val_best"] == pytest.approx(m1["val_best"], abs=1e-4)
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 fma", False), ("fpu avx512f avx512_bf16 amx_tile", True),
+                                            ("fpu avx512f amx_bf16", True)])
+def test_bf16_on_cpu_without_native_bf16_warns_once(tmp_path, monkeypatch, caplog, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
+                       f"flags\t\t: {flags}\n")
+    monkeypatch.setattr(D, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(D, "_warned", set())
+    assert D.cpu_bf16_flags() == ({f for f in flags.split() if f in D.BF16_CPU_FLAGS})
+    with caplog.at_level("WARNING", logger="ace_lora.distributed"):
+        assert D.use_bf16("fp32", "cpu") is False and D.use_bf16("auto", "cpu") is False
+        assert not caplog.records  # fp32 asks for nothing
+        assert D.use_bf16("bf16", "cpu") is True and D.use_bf16("bf16", "cpu") is True
+    warnings = [r.getMessage() for r in caplog.records]
+    if native:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and "without native bf16" in warnings[0] and "fp32" in warnings[0]
+
+
+def test_cpu_bf16_flags_unknown_without_cpuinfo(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(D, "CPUINFO", tmp_path / "absent")
+    monkeypatch.setattr(D, "_warned", set())
+    assert D.cpu_bf16_flags() is None
+    with caplog.at_level("WARNING", logger="ace_lora.distributed"):
+        assert D.use_bf16("bf16", "cpu") is True
+    assert not caplog.records  # unknown CPU: no claim either way

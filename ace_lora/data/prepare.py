@@ -26,10 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -411,9 +412,9 @@ def _process(item: _Item, out: Path, size: int) -> dict:
     """
     if not within(out, out / item.image):
         raise BadInputError(item.source, f"output name {item.image!r} would leave the prepared folder", kind="bad_id")
-    img = read_image(item.source)
+    img = read_image(item.source, shortest=size)
+    width, height = img.info.get("original_size", img.size)
     img = img.convert(item.mode)
-    width, height = img.size
     target = out / item.image
     target.parent.mkdir(parents=True, exist_ok=True)
     _resize_shortest(img, size, Image.Resampling.BICUBIC, square=item.square).save(target)
@@ -450,41 +451,72 @@ def _check_mask_grid(item: _Item, width: int, height: int) -> None:
                             kind="mask_mismatch")
 
 
-def _run(items: list[_Item], out: Path, size: int, issues: _Issues, workers: int, desc: str) -> list[dict]:
-    """Process every item on a thread pool (PIL, numpy and file I/O release the GIL); rows in item order.
+def _process_or_bad(item: _Item, out: Path, size: int) -> dict | tuple:
+    """:func:`_process`, with a bad input returned as ``(path, reason, row, kind)`` (it crosses process
+    boundaries)."""
+    try:
+        return _process(item, out, size)
+    except BadInputError as err:
+        return (err.path, err.reason, err.row, err.kind)
 
-    At most ``4 * workers`` items are in flight, so memory stays flat on data sets of 10^5 images.
+
+def _map(items: list[_Item], out: Path, size: int, workers: int) -> Iterator[tuple[int, dict | tuple]]:
+    """``(index, _process_or_bad(item))`` for every item: in this process when ``workers`` is 1, else on a pool of
+    ``workers`` processes (pydicom and the per-image Python hold the GIL: threads do not scale), in
+    completion order.
+
+    At most ``4 * workers`` items are in flight, so memory stays flat on data sets of 10^5 images; closing the
+    iterator early (a bad input in ``error`` mode) cancels the rest.
     """
+    if workers <= 1:
+        for index, item in enumerate(items):
+            yield index, _process_or_bad(item, out, size)
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    todo = iter(enumerate(items))
+    pending: dict = {}
+    try:
+        while True:
+            for index, item in todo:
+                pending[pool.submit(_process_or_bad, item, out, size)] = index
+                if len(pending) >= 4 * workers:
+                    break
+            if not pending:
+                return
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield pending.pop(fut), fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_workers() -> int:
+    """Worker processes of the prepare stage: ``OMP_NUM_THREADS`` when set (Snakemake exports the rule's threads,
+    capped at ``--cores``, as that variable), else every CPU this process may run on (a SLURM allocation, taskset)."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        return int(threads)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _run(items: list[_Item], out: Path, size: int, issues: _Issues, workers: int, desc: str) -> list[dict]:
+    """Process every item (:func:`_map`); rows in item order, whatever the worker count."""
     from tqdm.auto import tqdm
 
     rows: list[dict | None] = [None] * len(items)
-    todo = iter(enumerate(items))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
-            tqdm(total=len(items), desc=desc, unit="img", disable=None) as bar:
-        pending: dict = {}
-
-        def refill() -> None:
-            for i, item in todo:
-                pending[pool.submit(_process, item, out, size)] = i
-                if len(pending) >= 4 * max(1, workers):
-                    break
-
-        refill()
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                index = pending.pop(fut)
+    # a worker process costs about a second to start: none for fewer than 32 images each
+    workers = max(1, min(workers, len(items) // 32))
+    results = _map(items, out, size, workers)
+    with tqdm(total=len(items), desc=desc, unit="img", disable=None) as bar:
+        try:
+            for index, result in results:
                 bar.update(1)
-                try:
-                    rows[index] = fut.result()
-                except BadInputError as err:
-                    try:
-                        issues(err)
-                    except BadInputError:
-                        for other in pending:
-                            other.cancel()
-                        raise
-            refill()
+                if isinstance(result, tuple):
+                    issues(BadInputError(*result))
+                else:
+                    rows[index] = result
+        finally:
+            results.close()
     return [r for r in rows if r is not None]
 
 
@@ -511,6 +543,7 @@ def prepare_dataset(name: str, raw_root: Path, out_dir: Path, data_cfg: DataConf
                     ) -> dict:
     """Prepare data set ``name`` from ``raw_root/<name>/`` into ``out_dir``; returns the report (also written).
 
+    ``workers``: image-decoding processes (default :func:`default_workers`); any count writes the same bytes.
     Bad inputs raise :class:`BadInputError` naming the file and row (``data_cfg.on_bad_input == "error"``) or are
     skipped and listed in the report (``"skip"``). ``out_dir`` is replaced only when everything succeeded.
     """
@@ -527,7 +560,7 @@ def prepare_dataset(name: str, raw_root: Path, out_dir: Path, data_cfg: DataConf
         raise PrepareError(f"{raw_dir}: no usable images ({len(issues.skipped)} skipped: "
                            f"{issues.report()['by_reason']})")
     boxes = notes.pop("_boxes", None)
-    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    workers = workers if workers is not None else default_workers()
     with atomic_dir(out_dir) as tmp:
         rows = _run(items, tmp, data_cfg.image_size, issues, workers, f"prepare {name}")
         if not rows:

@@ -1,5 +1,7 @@
 # Names and paths shared by the rules; they mirror ace_lora.cli.stage_paths and dvc.yaml.
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 RAW = config["paths"]["raw"]
@@ -64,3 +66,39 @@ def stage_code(stage):
 def timing(stage, pattern=""):
     """Benchmark file of a job: results/timings/<stage>[/<pattern>].tsv."""
     return os.path.join(RESULTS, "timings", *([stage, pattern] if pattern else [stage])) + ".tsv"
+
+
+# ------------------------------------------------------------------------------------------- resources
+# What each job asks of the scheduler (Snakemake's --cores/--resources locally, sbatch on SLURM): sized from the
+# parameters, small for the demo and the paper's figures for the paper preset. GPUs are declared only where used, so
+# `snakemake --resources gpu=N` runs at most N GPUs' worth of jobs at once.
+PAPER = config["model"]["preset"] == "biomedclip"
+REAL_DATA = config["data"]["source"] == "real"
+
+
+def visible_gpus():
+    """GPUs this machine shows the jobs: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`; 0 without either."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # optional: no envvars directive
+    if visible is not None:
+        ids = [i.strip() for i in visible.split(",")]
+        return len([i for i in ids if i and not i.startswith("-")])
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.splitlines())
+
+
+def train_gpus():
+    """GPUs of one training job: train.processes (one per GPU) when set, else every visible GPU; 0 on the CPU."""
+    train = config["train"]
+    visible = visible_gpus()
+    if train["device"] == "cpu" or (train["device"] == "auto" and visible == 0):
+        return 0
+    return train["processes"] or max(visible, 1)
+
+
+EVALUATE_GPUS = 1 if visible_gpus() > 0 else 0  # the evaluate stage uses CUDA whenever it sees a GPU

@@ -1,3 +1,8 @@
+# fetch needs the internet: on a cluster it runs on the submitting machine, not on a compute node.
+localrules:
+    fetch,
+
+
 rule fetch:
     input:
         code=stage_code("fetch"),
@@ -11,6 +16,9 @@ rule fetch:
     retries: 2
     conda:
         ENV
+    resources:
+        mem_mb=2000 if REAL_DATA else 1000,
+        runtime=720 if REAL_DATA else 15,
     benchmark:
         timing("fetch", "{dataset}")
     log:
@@ -30,8 +38,12 @@ rule prepare:
         **stage_params("prepare"),
     wildcard_constraints:
         dataset="|".join(DATASETS),
+    # Worker processes decode images in parallel: Snakemake exports the job's threads (capped at --cores) as
+    # OMP_NUM_THREADS, which sets the stage's worker count.
+    threads: 8
     resources:
-        mem_mb=4000,
+        mem_mb=8000 if REAL_DATA else 1000,
+        runtime=240 if REAL_DATA else 15,  # minutes (SLURM time limit)
     conda:
         ENV
     benchmark:

@@ -17,7 +17,9 @@ rule evaluate:
     # machine raise it with --set-threads evaluate=N (the SLURM profile does).
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=16000 if PAPER else 2000,
+        runtime=120 if PAPER else 15,  # minutes
+        gpu=EVALUATE_GPUS,
     conda:
         ENV
     benchmark:

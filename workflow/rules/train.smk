@@ -14,11 +14,14 @@ rule train:
         **stage_params("train"),
     wildcard_constraints:
         method="|".join(METHODS),
-    # Training uses every core it is given; on a cluster the profile asks for GPUs (workflow/profiles/slurm).
-    threads: 64  # Snakemake caps it at --cores: training uses every core it gets
+    # Training uses every core it is given (Snakemake caps threads at --cores) and the GPUs of train_gpus(): one
+    # process per GPU. Under SLURM the job sees only the GPUs it was granted (CUDA_VISIBLE_DEVICES), and with
+    # train.processes: null the stage starts one process per visible GPU, so processes always match the grant.
+    threads: 64
     resources:
-        mem_mb=16000,
-        gpu=0,
+        mem_mb=64000 if PAPER else 2000,
+        runtime=2880 if PAPER else 60,  # minutes
+        gpu=train_gpus(),
     retries: 1  # a retry resumes from the method's last checkpoint (--resume)
     conda:
         ENV
