@@ -52,8 +52,15 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def load_ckpt(out: Path) -> dict:
-    return torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+def run_dirs(checkpoints: Path) -> list[Path]:
+    """The run folders of one method's checkpoint folder."""
+    return sorted(d for d in checkpoints.iterdir() if d.is_dir())
+
+
+def load_ckpt(out: Path, checkpoints: Path | None = None) -> dict:
+    """``last.pt`` of the one run under ``out/checkpoints`` (or ``checkpoints``)."""
+    (run,) = run_dirs(checkpoints or out / "checkpoints")
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=True)
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -214,15 +221,18 @@ def test_resume_restores_adapter_deleted_by_pipeline(tmp_path, fakes):
             metrics_path=tmp_path / "metrics" / "m.json")
     assert (out / "adapter" / "adapter.pt").is_file() and (tmp_path / "metrics" / "m.json").is_file()
     assert (tmp_path / "plots" / "m_val.csv").is_file()
-    best = torch.load(ckpts / "best.pt", weights_only=True)
-    saved = torch.load(out / "adapter" / "adapter.pt", weights_only=True)["weights"]
-    assert all(torch.equal(best[k], saved[k]) for k in best)
+    (run,) = run_dirs(ckpts)
+    assert (out / "adapter" / "adapter.pt").read_bytes() == (run / "adapter" / "adapter.pt").read_bytes()
+    assert [int(r["step"]) for r in read_csv(tmp_path / "plots" / "m.csv")] == list(range(1, 13))
 
 
-def test_resume_with_other_layout_fails(tmp_path, fakes):
+def test_resume_with_other_layout_starts_fresh(tmp_path, fakes, caplog):
     T.train(make_params(tmp_path), "m", tmp_path / "run", stop_after=3)
-    with pytest.raises(ValueError, match="same layout"):
-        T.train(make_params(tmp_path, batch_size=4), "m", tmp_path / "run", resume=True)
+    caplog.set_level("INFO", logger="ace_lora")
+    T.train(make_params(tmp_path, batch_size=4), "m", tmp_path / "run", resume=True)
+    assert "settings differ from the latest run" in caplog.text and "train.batch_size" in caplog.text
+    assert len(run_dirs(tmp_path / "run" / "checkpoints")) == 2
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 3 * (48 // 4)
 
 
 def test_grad_accum_and_clip_run(tmp_path, fakes):
