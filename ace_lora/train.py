@@ -39,6 +39,7 @@ import contextlib
 import csv
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -339,8 +340,14 @@ def run_identity(params: Params, method: str, model_cfg: ModelConfig, loss_cfg: 
                       "prompts": validation_prompts(params, get_benchmark(name))},
         "inputs": {"processed/mimic": P.hash_path(processed / "mimic"),
                    f"processed/{name}": P.hash_path(processed / name)},
-        "code": P.code_hash(P.import_closure(CODE_ROOTS)),
+        "code": code_fingerprint(),
     }
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the source of :data:`CODE_ROOTS`' import closure (once per process: the code cannot change under it)."""
+    return P.code_hash(P.import_closure(CODE_ROOTS))
 
 
 @dataclass(frozen=True)
@@ -569,6 +576,8 @@ def train(params: Params, method: str, out_dir: Path, resume: bool = False, *,
                        Path(log_path) if log_path else out_dir / "log.csv",
                        Path(metrics_path) if metrics_path else out_dir / "metrics.json")
     method_cfg, model_cfg, loss_cfg = resolve_method(params, method)
+    if method_cfg.train:
+        read_pairs_manifest(params, "train")  # fail before creating anything when the data is missing
     owns_group = not D.is_dist()
     env = D.init_distributed(params.train.device)
     try:
@@ -673,7 +682,6 @@ class _Trainer:
         self.saved_step: int | None = None  # step of the last checkpoint written or loaded (all finite)
         cfg = self.cfg
 
-        read_pairs_manifest(params, "train")  # fail before building the model when data is missing
         seed_everything(cfg.seed)  # identical initialisation on every rank (DDP also broadcasts rank 0's)
         self.model, self.loss_fn = build_components(model_cfg, loss_cfg)
         self.model.to(self.device)
