@@ -302,12 +302,12 @@ def make_validator(params: Params, model: nn.Module, device: torch.device, bf16:
 
 def validation_prompts(params: Params, spec) -> dict[str, list[str]]:
     """``{class: [prompts]}`` of the validation benchmark from ``{results}/prompts.json``, else from params."""
-    from ace_lora import prompts as P
+    from ace_lora.prompts import build_prompts, read_prompts
 
     path = Path(params.paths.results) / "prompts.json"
     if path.is_file():
-        return P.read_prompts(path, spec.name, spec.classes)
-    return P.build_prompts(params.prompts, [spec.name])[spec.name]
+        return read_prompts(path, spec.name, spec.classes)
+    return build_prompts(params.prompts, [spec.name])[spec.name]
 
 
 # ------------------------------------------------------------------------------------------ run identity
@@ -603,8 +603,10 @@ def _start_run(plan: RunPlan, identity: dict, method: str, checkpoint_dir: Path,
     """Log the plan, prepare the run folder and prune old runs (rank 0)."""
     if plan.mode == "reuse":
         log.info("train %s: reusing finished run %s (%s)", method, plan.run_id, plan.run_dir)
+        os.utime(plan.run_dir / "run.json")  # recently used: the last to be pruned
     elif plan.mode == "resume":
         log.info("train %s: resuming run %s (%s)", method, plan.run_id, plan.run_dir)
+        write_run_record(plan, identity, "running")
     else:
         log.info("train %s: training run %s from scratch: %s", method, plan.run_id, plan.reason)
         shutil.rmtree(plan.run_dir, ignore_errors=True)  # a stale or unrequested previous state of this run
@@ -612,6 +614,8 @@ def _start_run(plan: RunPlan, identity: dict, method: str, checkpoint_dir: Path,
         write_run_record(plan, identity, "running")
     for d in prune_runs(checkpoint_dir, keep_runs, plan.run_dir):
         log.info("train %s: removed old run %s (train.keep_runs = %d)", method, d.name, keep_runs)
+    for legacy in ("last.pt", "best.pt"):  # the single-run layout of earlier versions, never resumable now
+        (checkpoint_dir / legacy).unlink(missing_ok=True)
 
 
 def _publish(run_dir: Path, paths: TrainPaths, state: dict) -> None:
@@ -659,16 +663,14 @@ def _export_adapter(method_cfg, model_cfg, loss_cfg, method: str, paths: TrainPa
     return adapter_dir
 
 
-def all_finite(tensors: Iterable) -> bool:
-    """True when every tensor in ``tensors`` (nested dicts and lists searched) holds only finite values."""
-    for t in tensors:
-        if isinstance(t, dict):
-            t = t.values()
-        if isinstance(t, (list, tuple, type({}.values()))):
-            if not all_finite(t):
-                return False
-        elif isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            return False
+def all_finite(obj) -> bool:
+    """True when every floating-point tensor in ``obj`` (a tensor, or nested dicts, lists, tuples) is finite."""
+    if isinstance(obj, torch.Tensor):
+        return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(all_finite(v) for v in obj)
     return True
 
 
@@ -867,7 +869,8 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         s.step += 1
-        if not all_finite(self.trainable):  # a huge lr can give a finite loss and NaN weights
+        finite = torch.stack([torch.isfinite(p).all() for p in self.trainable]).all()  # one device sync
+        if not bool(finite):  # a huge lr can give a finite loss and NaN weights
             raise self._diverged(f"non-finite weights after step {s.step}")
         s.last_loss, s.pairs_seen, s.train_time_s = loss, s.pairs_seen + self.pairs_per_step, s.train_time_s + seconds
         self.window = [self.window[0] + seconds, self.window[1] + 1]
