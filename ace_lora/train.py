@@ -323,8 +323,10 @@ def run_identity(params: Params, method: str, model_cfg: ModelConfig, loss_cfg: 
     """Everything that determines a training run's result, as plain data (``run.json``).
 
     The resolved method settings, the training recipe (less :data:`NOT_IN_IDENTITY`, plus the process count and the
-    resolved precision), the model-selection settings (ensemble, batch size and the validation prompts themselves),
-    content hashes of the prepared inputs it reads, and the hash of its code (:data:`CODE_ROOTS`' import closure).
+    resolved precision), the model-selection settings (the ensemble and the validation prompts themselves), content
+    hashes of the prepared inputs it reads, and the hash of its code (:data:`CODE_ROOTS`' import closure). The
+    validation batch size is left out like the device: the demo's validation embeddings are bit-identical for
+    ``evaluate.batch_size`` 64 and 7 on CPU (a GPU may differ in float rounding only).
     """
     from ace_lora.data.benchmarks import get_benchmark
 
@@ -336,7 +338,7 @@ def run_identity(params: Params, method: str, model_cfg: ModelConfig, loss_cfg: 
         "model": to_dict(model_cfg),
         "loss": to_dict(loss_cfg),
         "train": {**train_cfg, "precision": "bf16" if bf16 else "fp32", "world_size": world_size},
-        "selection": {"ensemble": params.evaluate.ensemble, "batch_size": params.evaluate.batch_size,
+        "selection": {"ensemble": params.evaluate.ensemble,
                       "prompts": validation_prompts(params, get_benchmark(name))},
         "inputs": {"processed/mimic": P.hash_path(processed / "mimic"),
                    f"processed/{name}": P.hash_path(processed / name)},
