@@ -443,7 +443,9 @@ def method_lock(checkpoint_dir: Path, env: D.DistEnv) -> Iterator[None]:
         handle = open(path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            handle.seek(0), handle.truncate(), handle.write(f"{os.getpid()}\n"), handle.flush()
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")  # for the message of a refused second trainer
+            handle.flush()
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
