@@ -92,7 +92,9 @@ def cmd_train(args: argparse.Namespace, params: Params) -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "ace_lora", "--params", args.params, "train", args.method] + (["--resume"] if args.resume else [])
         log.info("launching %d training processes: %s", processes, " ".join(cmd))
-        subprocess.run(cmd, check=True)
+        code = subprocess.run(cmd).returncode
+        if code:
+            raise RuntimeError(f"{processes} training processes failed (exit {code}); see their messages above")
         return
     paths = stage_paths(params, method=args.method)
     train(params, args.method, paths["train"], resume=args.resume, checkpoint_dir=paths["checkpoints"],
@@ -207,7 +209,8 @@ def build_parser(params_path: str | None = None) -> argparse.ArgumentParser:
     p = add("train", cmd_train, "Train (or export, for train: false) one method's adapter.")
     p.add_argument("method", help=method_help)
     p.add_argument("--resume", action="store_true",
-                   help="continue from the method's last checkpoint when it was written with the same settings")
+                   help="continue an unfinished run with identical settings, data and code (its fingerprint), or "
+                   "reuse a finished one; anything else trains from scratch and says why")
     p = add("evaluate", cmd_evaluate, "Evaluate one method on every benchmark of one data set.")
     p.add_argument("method", help=method_help)
     p.add_argument("dataset", choices=DATASETS, metavar="dataset", help=dataset_help)

@@ -253,6 +253,10 @@ class TrainConfig:
     seed: int = param(1, "Training seed.", minimum=0)
     processes: int | None = param(None, "Training processes, one per GPU, launched with torchrun by the train stage "
                                   "itself; null = every visible GPU (1 process on CPU).", minimum=1)
+    keep_runs: int = param(3, "Run folders kept per method under {results}/checkpoints/<method>/ (each: last.pt "
+                           "with weights, optimizer state and logs, the best adapter and run.json); older runs are "
+                           "deleted when a run starts. A kept finished run is reused by an identical rerun.",
+                           minimum=1)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's ace_lora, not an installed one
 
 from ace_lora import train as T  # noqa: E402
 from ace_lora.config import Params, build  # noqa: E402

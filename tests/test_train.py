@@ -7,8 +7,14 @@ go through the real tiny model, loss and a tiny prepared manifest.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,8 +58,15 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def load_ckpt(out: Path) -> dict:
-    return torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+def run_dirs(checkpoints: Path) -> list[Path]:
+    """The run folders of one method's checkpoint folder."""
+    return sorted(d for d in checkpoints.iterdir() if d.is_dir())
+
+
+def load_ckpt(out: Path, checkpoints: Path | None = None) -> dict:
+    """``last.pt`` of the one run under ``out/checkpoints`` (or ``checkpoints``)."""
+    (run,) = run_dirs(checkpoints or out / "checkpoints")
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=True)
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -176,6 +189,17 @@ def test_train_writes_outputs_and_selects_on_validation(tmp_path, fakes):
                                       "logit_scale"}
 
 
+def test_log_lines_off_a_terminal(tmp_path, fakes, caplog):
+    """Validation scores, plain progress lines (no tqdm carriage returns in a log file) and a summary."""
+    caplog.set_level("INFO", logger="ace_lora")
+    T.train(make_params(tmp_path, epochs=1), "m", tmp_path / "run")
+    text = caplog.text
+    assert "validation at step 0 (epoch 0): val/fake/pair_auroc = " in text
+    assert "validation at step 6 (epoch 0)" in text and "(best " in text
+    assert "train m: step 6/6 (epoch 0) loss " in text and "\r" not in text
+    assert "finished run " in text and "6 steps" in text and f"adapter -> {tmp_path / 'run' / 'adapter'}" in text
+
+
 def test_only_trainable_parameters_change(tmp_path, fakes):
     out = tmp_path / "run"
     T.train(make_params(tmp_path, epochs=1), "m", out)
@@ -214,15 +238,18 @@ def test_resume_restores_adapter_deleted_by_pipeline(tmp_path, fakes):
             metrics_path=tmp_path / "metrics" / "m.json")
     assert (out / "adapter" / "adapter.pt").is_file() and (tmp_path / "metrics" / "m.json").is_file()
     assert (tmp_path / "plots" / "m_val.csv").is_file()
-    best = torch.load(ckpts / "best.pt", weights_only=True)
-    saved = torch.load(out / "adapter" / "adapter.pt", weights_only=True)["weights"]
-    assert all(torch.equal(best[k], saved[k]) for k in best)
+    (run,) = run_dirs(ckpts)
+    assert (out / "adapter" / "adapter.pt").read_bytes() == (run / "adapter" / "adapter.pt").read_bytes()
+    assert [int(r["step"]) for r in read_csv(tmp_path / "plots" / "m.csv")] == list(range(1, 13))
 
 
-def test_resume_with_other_layout_fails(tmp_path, fakes):
+def test_resume_with_other_layout_starts_fresh(tmp_path, fakes, caplog):
     T.train(make_params(tmp_path), "m", tmp_path / "run", stop_after=3)
-    with pytest.raises(ValueError, match="same layout"):
-        T.train(make_params(tmp_path, batch_size=4), "m", tmp_path / "run", resume=True)
+    caplog.set_level("INFO", logger="ace_lora")
+    T.train(make_params(tmp_path, batch_size=4), "m", tmp_path / "run", resume=True)
+    assert "settings differ from the latest run" in caplog.text and "train.batch_size" in caplog.text
+    assert len(run_dirs(tmp_path / "run" / "checkpoints")) == 2
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 3 * (48 // 4)
 
 
 def test_grad_accum_and_clip_run(tmp_path, fakes):
@@ -257,6 +284,102 @@ def test_non_finite_loss_stops_with_clear_error(tmp_path, fakes, monkeypatch):
     ckpt = load_ckpt(out)
     assert ckpt["state"]["step"] == 4  # the last good checkpoint survives
     assert all(torch.isfinite(v).all() for v in ckpt["trainable"].values())
+
+
+# --------------------------------------------------------------------------------------- run identity
+
+
+def adapter_bytes(out: Path) -> bytes:
+    return (out / "adapter" / "adapter.pt").read_bytes()
+
+
+def test_parameter_change_trains_anew_and_identical_rerun_reuses(tmp_path, fakes, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="ace_lora")
+    out = tmp_path / "run"
+    T.train(make_params(tmp_path, epochs=1), "m", out, resume=True)
+    first, metrics = adapter_bytes(out), json.loads((out / "metrics.json").read_text())
+    logs = [(out / n).read_text() for n in ("log.csv", "log_val.csv")]
+
+    class NoTraining:
+        def __init__(self, *args, **kw):
+            raise AssertionError("an identical finished run must be reused, not trained")
+
+    with monkeypatch.context() as m:
+        m.setattr(T, "_Trainer", NoTraining)
+        for name in ("adapter", "log.csv", "log_val.csv", "metrics.json"):  # what the engines delete
+            target = out / name
+            target.unlink() if target.is_file() else __import__("shutil").rmtree(target)
+        T.train(make_params(tmp_path, epochs=1, log_every=5, checkpoint_every=3, keep_runs=2), "m", out,
+                resume=True)
+    assert f"reusing finished run {metrics['run']}" in caplog.text
+    assert adapter_bytes(out) == first and json.loads((out / "metrics.json").read_text()) == metrics
+    assert [(out / n).read_text() for n in ("log.csv", "log_val.csv")] == logs
+
+    T.train(make_params(tmp_path, epochs=1, lr=0.02), "m", out, resume=True)
+    changed = json.loads((out / "metrics.json").read_text())
+    assert adapter_bytes(out) != first and changed["run"] != metrics["run"]
+    assert "settings differ from the latest run" in caplog.text and "train.lr" in caplog.text
+
+
+def test_old_runs_are_pruned_and_runs_record_their_identity(tmp_path, fakes):
+    out = tmp_path / "run"
+    for lr in (0.01, 0.02, 0.03):
+        T.train(make_params(tmp_path, epochs=1, lr=lr, keep_runs=2), "m", out, resume=True)
+    runs = run_dirs(out / "checkpoints")
+    assert len(runs) == 2
+    records = [json.loads((d / "run.json").read_text()) for d in runs]
+    assert sorted(r["identity"]["train"]["lr"] for r in records) == [0.02, 0.03]
+    assert all(r["status"] == "finished" and r["run"] == d.name for r, d in zip(records, runs))
+
+
+def test_identity_covers_inputs_and_code_not_logging(tmp_path):
+    from ace_lora.config import resolve_method
+
+    (tmp_path / "processed" / "mimic").mkdir(parents=True)
+    (tmp_path / "processed" / "mimic" / "manifest.csv").write_text("a\n")
+
+    def fingerprint(**train):
+        params = make_params(tmp_path, **train)
+        return T.plan_run(T.run_identity(params, "m", *resolve_method(params, "m")[1:], 1, False),
+                          tmp_path / "ck", resume=True).fingerprint
+
+    base = fingerprint()
+    assert fingerprint(log_every=7, checkpoint_every=9, num_workers=2, keep_runs=5) == base
+    assert fingerprint(validate_every=2) != base and fingerprint(seed=4) != base
+    (tmp_path / "processed" / "mimic" / "manifest.csv").write_text("b\n")
+    assert fingerprint() != base
+
+
+@pytest.mark.parametrize("lr", [1e30, float("inf")])  # NaN loss after a few steps; NaN weights after step 1
+def test_diverging_run_leaves_only_finite_checkpoints_and_a_sane_rerun_recovers(tmp_path, fakes, lr):
+    out = tmp_path / "run"
+    with pytest.raises(T.NonFiniteLossError, match=r"non-finite .* step \d+ .*last good checkpoint: .*step \d+\)"):
+        T.train(make_params(tmp_path, lr=lr, checkpoint_every=1), "m", out, resume=True)
+    ckpt = load_ckpt(out)
+    assert T.all_finite([ckpt["trainable"], ckpt["optimizer"]["state"]])
+    (run,) = run_dirs(out / "checkpoints")
+    assert json.loads((run / "run.json").read_text())["status"].startswith("diverged")
+    with pytest.raises(T.NonFiniteLossError):  # an identical rerun resumes the finite state and diverges again
+        T.train(make_params(tmp_path, lr=lr, checkpoint_every=1), "m", out, resume=True)
+    T.train(make_params(tmp_path, lr=0.01), "m", out, resume=True)
+    assert math.isfinite(json.loads((out / "metrics.json").read_text())["final_loss"])
+
+
+def test_import_closure_follows_function_local_and_relative_imports(tmp_path):
+    from ace_lora import provenance as P
+
+    pkg = tmp_path / "ace_lora"
+    files = {"__init__.py": "", "a.py": "import os\n\ndef f():\n    from ace_lora.b import x\n",
+             "b.py": "from .sub import c\n", "sub/__init__.py": "", "sub/c.py": "from ..d import y\n",
+             "d.py": "", "unused.py": ""}
+    for name, text in files.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / name).write_text(text)
+    assert P.import_closure(["ace_lora.a"], root=pkg) == [
+        "ace_lora", "ace_lora.a", "ace_lora.b", "ace_lora.d", "ace_lora.sub", "ace_lora.sub.c"]
+    closure = P.import_closure(T.CODE_ROOTS)
+    assert "ace_lora.eval.zeroshot" in closure  # imported inside make_validator only
+    assert "ace_lora.provenance" in closure and "ace_lora.models.lora" in closure
 
 
 # ------------------------------------------------------------------------- real tiny model and data
@@ -354,3 +477,80 @@ def test_demo_training_raises_validation_metric(tmp_path):
     T.train(params, "ace", tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["val_best"] > metrics["val_initial"] + 0.05, metrics
+
+
+# ------------------------------------------------------------------------ faults through the CLI (real tiny)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_params_file(path: Path, params: Params) -> Path:
+    from ace_lora.config import to_dict
+
+    path.write_text(json.dumps(to_dict(params)))  # JSON is YAML
+    return path
+
+
+def cli_train(params_file: Path, method: str = "ace") -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "ace_lora", "--params", str(params_file), "train", method,
+                             "--resume"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stage_outputs(results: Path) -> dict:
+    """Adapter files, logs (timings dropped) and metrics (timings dropped) of the stage for method ``ace``."""
+    def rows(name: str) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "pairs_per_s"} for r in read_csv(results / "plots" / "train" / name)]
+
+    metrics = json.loads((results / "metrics" / "train" / "ace.json").read_text())
+    return {"adapter": {p.name: p.read_bytes() for p in (results / "train" / "ace" / "adapter").iterdir()},
+            "log": rows("ace.csv"), "val": rows("ace_val.csv"),
+            "metrics": {k: v for k, v in metrics.items() if k not in ("train_time_s", "pairs_per_s")}}
+
+
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tiny_data, tmp_path):
+    """The CLI trainer is killed (SIGKILL) mid-epoch; the engine's rerun ends with the same adapter and logs."""
+    from ace_lora.cli import main
+
+    def params_file(name: str) -> Path:
+        params = real_params(tiny_data, epochs=4, checkpoint_every=3, validate_every=2)  # 4 steps per epoch
+        params = dataclasses.replace(params, paths=dataclasses.replace(params.paths, results=str(tmp_path / name)))
+        return write_params_file(tmp_path / f"{name}.yaml", params)
+
+    assert main(["--params", str(params_file("full")), "train", "ace", "--resume"]) == 0
+    killed = params_file("killed")
+    proc, log_csv = cli_train(killed), tmp_path / "killed" / "plots" / "train" / "ace.csv"
+    deadline = time.monotonic() + 240
+    while not (log_csv.is_file() and len(log_csv.read_text().splitlines()) > 6):  # past step 6: mid-epoch 2
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "metrics" / "train" / "ace.json").exists()
+    assert main(["--params", str(killed), "train", "ace", "--resume"]) == 0
+    full, resumed = stage_outputs(tmp_path / "full"), stage_outputs(tmp_path / "killed")
+    assert [int(r["step"]) for r in resumed["log"]] == list(range(1, 17))
+    assert [int(r["step"]) for r in resumed["val"]] == [0, 8, 16]
+    assert resumed == full
+
+
+def test_second_trainer_is_refused_at_once(tiny_data, tmp_path):
+    params_file = write_params_file(tmp_path / "p.yaml", real_params(tiny_data))
+    checkpoints = Path(real_params(tiny_data).paths.results) / "checkpoints" / "ace"
+    with T.method_lock(checkpoints, D.DistEnv()):
+        proc = cli_train(params_file)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert f"{checkpoints} is in use by another trainer (PID {os.getpid()})" in err.strip().splitlines()[-1]
+    assert not (Path(real_params(tiny_data).paths.results) / "train" / "ace").exists()
+
+
+def test_rank_change_starts_fresh(tiny_data, tmp_path, caplog):
+    caplog.set_level("INFO", logger="ace_lora")
+    out = tmp_path / "run"
+    T.train(real_params(tiny_data, epochs=1, validate_every=2), "ace", out, stop_after=2)
+    T.train(real_params(tiny_data, epochs=1, validate_every=2, lora={"rank": 2}), "ace", out, resume=True)
+    assert "model.lora.rank" in caplog.text
+    meta = json.loads((out / "adapter" / "adapter.json").read_text())
+    assert meta["model"]["lora"]["rank"] == 2 and meta["extra"]["step"] == 4
