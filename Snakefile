@@ -11,6 +11,9 @@ configfile: "params.yaml"
 validate(config, "workflow/schemas/params.schema.json")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"

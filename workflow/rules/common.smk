@@ -20,7 +20,7 @@ STAGE_PARAMS = {
     "prompts": ["paths", "prompts", "evaluate.datasets", "train.validation"],
     "train": ["paths", "model", "loss", "methods", "train", "evaluate.ensemble"],  # validation: model selection
     "evaluate": ["paths", "model", "loss", "methods", "evaluate"],
-    "report": ["paths"],
+    "report": ["paths", "methods", "evaluate.datasets"],
 }
 
 # Library code each stage runs (dvc.yaml lists the same files and folders as deps).
@@ -29,8 +29,8 @@ STAGE_CODE = {
     "prepare": ["ace_lora/data/prepare.py", "ace_lora/data/readers.py"],
     "prompts": ["ace_lora/prompts.py"],
     "train": ["ace_lora/train.py", "ace_lora/models", "ace_lora/losses.py"],
-    "evaluate": ["ace_lora/eval", "ace_lora/models", "ace_lora/data/benchmarks.py"],
-    "report": ["ace_lora/eval/report.py"],
+    "evaluate": ["ace_lora/eval", "ace_lora/models", "ace_lora/data/benchmarks.py", "ace_lora/plots.py"],
+    "report": ["ace_lora/eval/report.py", "ace_lora/plots.py"],
 }
 
 
