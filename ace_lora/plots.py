@@ -16,7 +16,7 @@ import pandas as pd
 from ace_lora.io import atomic_write, atomic_write_text
 
 __all__ = ["write_plot_csvs", "draw_segmentation_overlay", "draw_detection_overlay", "save_segmentation_overlay", "save_detection_overlay", "save_benchmark_chart",
-           "save_roc_chart", "save_confusion_chart", "save_training_curves"]
+           "save_roc_chart", "save_confusion_chart", "save_training_curves", "write_offline_plots_template"]
 
 #: Colour map of the similarity heatmap under the overlays (perceptually uniform, unlike jet).
 HEATMAP_CMAP = "inferno"
@@ -217,3 +217,33 @@ def save_training_curves(steps: Mapping[str, pd.DataFrame], validations: Mapping
     right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------- DVC plots offline
+
+_OFFLINE_PAGE = """<!DOCTYPE html>
+<html>
+<head>
+<meta charset="utf-8">
+<title>DVC plots</title>
+{scripts}
+<style>table {{ border-spacing: 15px; }}</style>
+</head>
+<body>
+{{plot_divs}}
+</body>
+</html>
+"""
+
+
+def write_offline_plots_template(path: str | Path) -> Path:
+    """An HTML template for ``dvc plots show --html-template PATH`` that inlines vega, vega-lite and vega-embed,
+    so the plots render without network (DVC's default page loads them from a CDN).
+
+    The scripts come from the copies the installed Snakemake ships for its own reports (``snakemake.assets``).
+    """
+    from snakemake.assets import Assets
+
+    scripts = "\n".join(f"<script>{Assets.get_content(f'{name}/{name}.js')}</script>"
+                        for name in ("vega", "vega-lite", "vega-embed"))
+    return atomic_write_text(Path(path), _OFFLINE_PAGE.format(scripts=scripts))

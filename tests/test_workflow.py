@@ -143,11 +143,7 @@ def test_bad_params_fail_before_any_stage_naming_the_key(tmp_path):
 # --------------------------------------------------------------------------------------- the demo, run
 
 
-@pytest.fixture(scope="module")
-def snakemake_demo(tmp_path_factory):
-    project = _project_copy(tmp_path_factory.mktemp("snakemake_demo"), SMALL)
-    _run([sys.executable, "-m", "snakemake", "--cores", "2"], project)
-    return project
+# snakemake_demo (the small demo run to the end): tests/conftest.py, shared with tests/test_browser.py
 
 
 def test_snakemake_demo_produces_the_benchmark_table(snakemake_demo):
