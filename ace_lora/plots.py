@@ -40,7 +40,7 @@ def _colours(n: int) -> list:
 def _save(fig, path: str | Path) -> Path:
     plt = _pyplot()
     try:
-        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     finally:
         plt.close(fig)
 
@@ -150,7 +150,7 @@ def save_roc_chart(curves: Mapping[str, pd.DataFrame], path: str | Path, title: 
     classes = list(dict.fromkeys(c for frame in curves.values() for c in frame["class"].astype(str)))
     cols = min(len(classes), 5) or 1
     rows = int(np.ceil(len(classes) / cols)) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 1.2, 2.6 * rows), squeeze=False, sharex=True,
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols + 1.2, 2.4 * rows + 0.4), squeeze=False, sharex=True,
                              sharey=True)
     colours = _colours(len(curves))
     for ax, name in zip(axes.flat, classes):
@@ -159,7 +159,6 @@ def save_roc_chart(curves: Mapping[str, pd.DataFrame], path: str | Path, title: 
             ax.plot(part["fpr"], part["tpr"], color=colour, linewidth=1.2, label=method)
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
         ax.set_title(name, fontsize=8)
-        ax.set_aspect("equal")
     for ax in axes.flat[len(classes):]:
         ax.axis("off")
     for ax in axes[-1]:

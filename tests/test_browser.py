@@ -151,10 +151,11 @@ _IMAGES = """(async () => {
 
 def _results(browser: Browser, category: str) -> list[str]:
     """Result paths of one category, in the report's data (what the navbar lists)."""
-    return browser.js(f"Object.keys(results).filter(p => results[p].category === {json.dumps(category)}).sort()")
+    return browser.js(f"Object.values(categories[{json.dumps(category)}] || {{}}).flat().sort()")
 
 
 def _show(browser: Browser, path: str, kind: str) -> None:
+    """What clicking a result's eye button does: show it in the content pane."""
     browser.js(f"app.setView({{content: {json.dumps(kind)}, contentPath: results[{json.dumps(path)}].data_uri, "
                f"resultPath: {json.dumps(path)}}})")
 

@@ -172,7 +172,7 @@ def test_plot_data_and_figures(metrics_dir, tmp_path):
     table = headline_table(collect_metrics(metrics_dir, METHODS, ["chexpert", "siim"]), METHODS)
     counts = write_figures(table, METHODS, dirs, logs, tmp_path / "report")
     report = tmp_path / "report"
-    assert counts == {"charts": 3, "confusion": 1, "overlays": 2 * 2 * len(METHODS), "roc": 1, "tables": 1,
+    assert counts == {"charts": 3, "confusion": 1, "overlays": 2 * len(METHODS), "roc": 1, "tables": 1,
                       "training": 1}
     assert sorted(p.name for p in (report / "charts").iterdir()) == ["chexpert5x200.png", "siim.png", "siim_seg.png"]
     overlays = sorted(p.name for p in (report / "overlays").iterdir())
@@ -201,3 +201,68 @@ def test_overlays_have_colour_bar_legend_and_short_title(tmp_path):
     det = save_detection_overlay(image, image, [[1, 1, 10, 10]], np.zeros((0, 4)), tmp_path / "det.png")
     for path in (seg, det):
         assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dvc_plots_and_metrics_render(metrics_dir, tmp_path):
+    """The plots and metrics dvc.yaml declares render with `dvc plots show` / `dvc metrics show` on report output;
+    `dvc plots diff HEAD` compares git-tracked plot files."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from ace_lora.plots import write_offline_plots_template
+
+    root = Path(__file__).resolve().parents[1]
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(root / name, project / name)
+    (project / ".dvc").mkdir()
+    shutil.copy(root / ".dvc/config", project / ".dvc/config")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["methods"] = {m: {} for m in METHODS}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    results = project / "results"
+    dirs = {}
+    for k, method in enumerate(METHODS):
+        dirs[(method, "chexpert")] = tmp_path / "evaluate" / method / "chexpert"
+        _evaluation(dirs[(method, "chexpert")], k)
+        (results / "plots" / "train").mkdir(parents=True, exist_ok=True)
+        (results / "plots" / "train" / f"{method}.csv").write_text("step,epoch,loss\n10,1,3.0\n20,1,2.5\n")
+        (results / "plots" / "train" / f"{method}_val.csv").write_text("step,epoch,val_metric\n0,0,0.5\n20,1,0.6\n")
+    write_plot_data(dirs, results / "plots")
+    table = headline_table(collect_metrics(metrics_dir, METHODS, ["chexpert", "siim"]), METHODS)
+    (results / "metrics").mkdir()
+    (results / "metrics" / "summary.json").write_text(json.dumps(summary_metrics(table, METHODS)))
+
+    def run(*cmd):
+        proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{cmd}: {proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    run("git", "init", "-q")
+    run("git", "add", "-A")
+    tracked = run("git", "ls-files")
+    assert "results/plots/roc/ace_lora/chexpert5x200.csv" in tracked and "results/metrics/summary.json" in tracked
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
+
+    shown = json.loads(run(sys.executable, "-m", "dvc", "plots", "show", "--json"))
+    ids = set(shown["data"]) if "data" in shown else set(shown)
+    for method in METHODS:
+        for expected in (f"results/plots/roc/{method}/chexpert5x200.csv",
+                         f"results/plots/confusion/{method}/chexpert5x200.csv",
+                         f"results/plots/train/{method}.csv", f"results/plots/train/{method}_val.csv"):
+            assert any(expected in i for i in ids), (expected, sorted(ids))
+    metrics = json.loads(run(sys.executable, "-m", "dvc", "metrics", "show", "--json"))
+    keys = {k for rev in metrics.values() for f in rev.get("data", {}).values() for k in f.get("data", {})}
+    assert "ace_lora/chexpert_acc" in keys and not any(k.startswith("zeroshot/") for k in keys), keys
+
+    template = write_offline_plots_template(tmp_path / "offline.html")
+    run(sys.executable, "-m", "dvc", "plots", "show", "--html-template", str(template), "-o", "dvc_plots")
+    page = (project / "dvc_plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vegaEmbed" in page and page.count("<script>") >= 3
+    (results / "plots" / "roc" / "base" / "chexpert5x200.csv").write_text("fpr,tpr\n0,0\n1,1\n")
+    diff = json.loads(run(sys.executable, "-m", "dvc", "plots", "diff", "HEAD", "--json"))
+    assert "HEAD" in json.dumps(diff) and "workspace" in json.dumps(diff)

@@ -51,9 +51,9 @@ PAPER_RESULTS = {
 }
 
 PROTOCOLS = {
-    "zeroshot": "zero-shot classification with class prompts",
-    "grounding": "zero-shot grounding: patch-prompt similarity maps, threshold chosen on the validation split",
-    "dataeff": "data-efficient: frozen image encoder + trained dense head on a fraction of the training labels",
+    "zeroshot": "the image embedding against the class prompts' text embeddings, no training on the benchmark",
+    "grounding": "patch-prompt similarity maps, no training on the benchmark; threshold chosen on the validation split",
+    "dataeff": "frozen image encoder + trained dense head on a fraction of the training labels",
 }
 
 METRIC_LABELS = {"accuracy": "ACC", "auroc": "AUC", "dice": "Dice", "map": "mAP", "f1": "F1",
@@ -322,7 +322,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def write_figures(table: pd.DataFrame, methods: Sequence[str], evaluate_dirs: Mapping[tuple[str, str], Path],
                   train_logs: Mapping[str, tuple[Path, Path]], out_dir: str | Path,
-                  overlays_per_benchmark: int = 2) -> dict[str, int]:
+                  overlays_per_benchmark: int = 1) -> dict[str, int]:
     """The results page's files under ``out_dir`` (rewritten whole): ``tables/benchmarks.html`` (the tables of
     ``benchmarks.md``; ``table`` is :func:`headline_table`'s output),
     ``charts/<benchmark>.png`` (every method with its 95 % interval and the paper's value),

@@ -25,7 +25,8 @@ rule evaluate:
         "{ACE} evaluate {wildcards.method} {wildcards.dataset} 2> {log}"
 
 
-# Sections of the results page (snakemake --report): folder under results/report -> category.
+# Sections of the results page (snakemake --report): folder under results/report -> category. Overlays are grouped
+# by benchmark (their file names start with it).
 REPORT_SECTIONS = {
     "tables": "1. Benchmark tables",
     "charts": "2. Benchmark charts",
@@ -34,17 +35,6 @@ REPORT_SECTIONS = {
     "training": "5. Training",
     "overlays": "6. Grounding overlays",
 }
-
-
-def report_category(wildcards):
-    return REPORT_SECTIONS[wildcards.section]
-
-
-def report_subcategory(wildcards):
-    """Overlays are grouped by benchmark (their file names start with it); other sections have none."""
-    if wildcards.section != "overlays":
-        return None
-    return next(b for b in ("siim_seg", "rsna_det") if wildcards.name.startswith(b))
 
 
 rule report:
@@ -63,8 +53,10 @@ rule report:
             directory(f"{RESULTS}/report"),
             patterns=["{section,[a-z]+}/{name,[^/]+}.png", "{section,[a-z]+}/{name,[^/]+}.html"],
             caption="../report/figures.rst",
-            category=report_category,
-            subcategory=report_subcategory,
+            category=lambda wildcards: REPORT_SECTIONS[wildcards.section],
+            subcategory=lambda wildcards: (
+                "_".join(wildcards.name.split("_")[:2]) if wildcards.section == "overlays" else None
+            ),
         ),
     params:
         **stage_params("report"),
