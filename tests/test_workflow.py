@@ -157,6 +157,20 @@ def test_snakemake_demo_produces_the_benchmark_table(snakemake_demo):
     assert (snakemake_demo / "results/benchmarks.csv").stat().st_size > 0
 
 
+def test_demo_logs_say_what_happened(snakemake_demo):
+    """Evaluation and report logs name counts, final metrics and where the outputs went."""
+    params = yaml.safe_load((snakemake_demo / "params.yaml").read_text())
+    log = (snakemake_demo / "results/logs/evaluate/ace_lora/chexpert.log").read_text()
+    assert "chexpert5x200: " in log and "test images" in log and "zeroshot/chexpert5x200/accuracy=" in log
+    assert "results/metrics/evaluate/ace_lora/chexpert.json" in log
+    report = (snakemake_demo / "results/logs/report.log").read_text()
+    n = len(params["methods"]), len(params["evaluate"]["datasets"])
+    assert f"of {n[0]} methods x {n[1]} data sets" in report and "ace_lora/chexpert_acc" in report
+    assert "results/metrics/summary.json" in report and "figures under results/report" in report
+    summary = json.loads((snakemake_demo / "results/metrics/summary.json").read_text())
+    assert {k.split("/")[0] for k in summary} == set(params["methods"])
+
+
 def test_snakemake_rerun_does_nothing_and_param_change_reruns_only_dependants(snakemake_demo):
     proc = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], snakemake_demo)
     assert "Nothing to be done" in proc.stdout + proc.stderr
