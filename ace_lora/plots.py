@@ -7,16 +7,26 @@ a chart never reruns an evaluation. Colours: one per method, fixed by the method
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from ace_lora.io import atomic_write, atomic_write_text
 
-__all__ = ["write_plot_csvs", "draw_segmentation_overlay", "draw_detection_overlay", "save_segmentation_overlay", "save_detection_overlay", "save_benchmark_chart",
-           "save_roc_chart", "save_confusion_chart", "save_training_curves", "write_offline_plots_template"]
+__all__ = [
+    "draw_detection_overlay",
+    "draw_segmentation_overlay",
+    "save_benchmark_chart",
+    "save_confusion_chart",
+    "save_detection_overlay",
+    "save_roc_chart",
+    "save_segmentation_overlay",
+    "save_training_curves",
+    "write_offline_plots_template",
+    "write_plot_csvs",
+]
 
 #: Colour map of the similarity heatmap under the overlays (perceptually uniform, unlike jet).
 HEATMAP_CMAP = "inferno"
@@ -90,7 +100,7 @@ def draw_detection_overlay(image: np.ndarray, heatmap: np.ndarray, pred_boxes: I
                            title: str = ""):
     """Figure: grey image, similarity heatmap with its colour bar, predicted boxes (cyan) and ground-truth boxes
     (green), with a legend; boxes are x1, y1, x2, y2 in image pixels."""
-    import matplotlib.patches as patches
+    from matplotlib import patches
 
     fig, ax = _overlay_axes(image, heatmap, title)
     for boxes, colour in ((pred_boxes, PRED_COLOUR), (gt_boxes, GT_COLOUR)):

@@ -11,9 +11,19 @@ import pandas as pd
 import pytest
 
 from ace_lora.eval.report import (
-    collect_metrics, headline_table, macro_roc, summary_metrics, write_figures, write_plot_data, write_report,
+    collect_metrics,
+    headline_table,
+    macro_roc,
+    summary_metrics,
+    write_figures,
+    write_plot_data,
+    write_report,
 )
-from ace_lora.plots import save_detection_overlay, save_segmentation_overlay, write_plot_csvs
+from ace_lora.plots import (
+    save_detection_overlay,
+    save_segmentation_overlay,
+    write_plot_csvs,
+)
 
 METHODS = ["lora_only", "ace_lora", "base"]  # params order, deliberately not alphabetical
 
@@ -167,7 +177,7 @@ def test_plot_data_and_figures(metrics_dir, tmp_path):
         step, val = tmp_path / "train" / f"{method}.csv", tmp_path / "train" / f"{method}_val.csv"
         step.parent.mkdir(exist_ok=True)
         step.write_text("step,epoch,loss\n" + ("" if method == "base" else "10,1,3.0\n20,1,2.5\n"))
-        val.write_text(f"step,epoch,val_metric\n0,0,0.5\n" + ("" if method == "base" else f"20,1,0.{6 + k}\n"))
+        val.write_text("step,epoch,val_metric\n0,0,0.5\n" + ("" if method == "base" else f"20,1,0.{6 + k}\n"))
         logs[method] = (step, val)
     table = headline_table(collect_metrics(metrics_dir, METHODS, ["chexpert", "siim"]), METHODS)
     counts = write_figures(table, METHODS, dirs, logs, tmp_path / "report")
@@ -184,7 +194,11 @@ def test_plot_data_and_figures(metrics_dir, tmp_path):
 
 
 def test_overlays_have_colour_bar_legend_and_short_title(tmp_path):
-    from ace_lora.plots import HEATMAP_CMAP, draw_detection_overlay, draw_segmentation_overlay
+    from ace_lora.plots import (
+        HEATMAP_CMAP,
+        draw_detection_overlay,
+        draw_segmentation_overlay,
+    )
 
     image = np.random.rand(32, 32)
     mask = np.zeros((32, 32), bool)
@@ -238,7 +252,7 @@ def test_dvc_plots_and_metrics_render(metrics_dir, tmp_path):
     (results / "metrics" / "summary.json").write_text(json.dumps(summary_metrics(table, METHODS)))
 
     def run(*cmd):
-        proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, f"{cmd}: {proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
         return proc.stdout
 

@@ -20,16 +20,25 @@ from __future__ import annotations
 import html
 import json
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ace_lora.io import atomic_write_json, atomic_write_text
+from ace_lora.io import atomic_dir, atomic_write_json, atomic_write_text
 
-__all__ = ["HEADLINE_METRICS", "PAPER_RESULTS", "PROTOCOLS", "collect_metrics", "headline_table", "summary_metrics",
-           "write_report", "write_plot_data", "write_figures"]
+__all__ = [
+    "HEADLINE_METRICS",
+    "PAPER_RESULTS",
+    "PROTOCOLS",
+    "collect_metrics",
+    "headline_table",
+    "summary_metrics",
+    "write_figures",
+    "write_plot_data",
+    "write_report",
+]
 
 COLUMNS = ["method", "benchmark", "protocol", "metric", "value", "ci_low", "ci_high"]
 
@@ -299,8 +308,6 @@ def write_plot_data(evaluate_dirs: Mapping[tuple[str, str], Path], plots_dir: st
     ``evaluate_dirs`` maps (method, dataset) to its evaluation folder. The two folders are rewritten whole, so
     methods no longer in params leave them. Returns the number of files written.
     """
-    from ace_lora.io import atomic_dir
-
     written = 0
     for kind in ("roc", "confusion"):
         with atomic_dir(Path(plots_dir) / kind) as out:
@@ -332,7 +339,6 @@ def write_figures(table: pd.DataFrame, methods: Sequence[str], evaluate_dirs: Ma
     the most labels). Returns the number of files per folder.
     """
     from ace_lora import plots
-    from ace_lora.io import atomic_dir
 
     with atomic_dir(out_dir) as out:
         for sub in ("tables", "charts", "roc", "confusion", "training", "overlays"):
@@ -363,7 +369,7 @@ def write_figures(table: pd.DataFrame, methods: Sequence[str], evaluate_dirs: Ma
                 stem, _, index = png.stem.rpartition("_")  # <protocol>_<benchmark>_<i>
                 bench = next((b for b in _GROUNDING_TASKS if stem.endswith(f"_{b}")), None)
                 protocol = stem[: -len(bench) - 1] if bench else ""
-                if bench and protocol in overlay_protocols and int(index) < overlays_per_benchmark:
+                if bench and protocol in overlay_protocols and index.isdigit() and int(index) < overlays_per_benchmark:
                     shutil.copyfile(png, out / "overlays" / f"{bench}_{protocol}_{method}_{index}.png")
         counts = {sub.name: len(list(sub.iterdir())) for sub in sorted(out.iterdir())}
     return counts
