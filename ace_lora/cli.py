@@ -146,7 +146,9 @@ def cmd_report(args: argparse.Namespace, params: Params) -> None:
     frame = collect_metrics(Path(params.paths.results) / "metrics" / "evaluate", methods, datasets)
     log.info("read %d metrics of %d methods x %d data sets (params: %s; %s)", len(frame), len(methods),
              len(datasets), ", ".join(methods), ", ".join(datasets))
-    summary = write_report(frame, methods, paths["report_md"], paths["report_csv"], paths["summary"])
+    training = {m: json.loads(stage_paths(params, m)["train_metrics"].read_text()) for m in methods
+                if stage_paths(params, m)["train_metrics"].is_file()}
+    summary = write_report(frame, methods, paths["report_md"], paths["report_csv"], paths["summary"], training)
     for key, value in summary.items():
         log.info("  %-28s %7.2f %%", key, value)
     evaluate_dirs = {(m, d): stage_paths(params, m, d)["evaluate"] for m in methods for d in datasets}

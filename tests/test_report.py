@@ -122,9 +122,12 @@ def test_csv_is_all_percent(metrics_dir, tmp_path):
 
 def test_summary_keys_are_short_and_one_per_benchmark(metrics_dir):
     df = collect_metrics(metrics_dir, METHODS, ["chexpert", "siim"])
-    summary = summary_metrics(headline_table(df, METHODS), METHODS)
-    assert list(summary) == [f"{m}/{b}" for m in METHODS for b in ("chexpert_acc", "siim_auc", "siim_seg_dice")]
-    assert summary["ace_lora/chexpert_acc"] == 50.0
+    training = {"base": {"trained": False, "steps": 0},
+                "ace_lora": {"trained": True, "val_metric": "zeroshot/nih14/auroc", "val_best": 0.61234}}
+    summary = summary_metrics(headline_table(df, METHODS), METHODS, training)
+    assert list(summary) == [f"{m}/{b}" for m in METHODS for b in ("chexpert_acc", "siim_auc", "siim_seg_dice")] + [
+        "ace_lora/val_nih14_auc"]
+    assert summary["ace_lora/chexpert_acc"] == 50.0 and summary["ace_lora/val_nih14_auc"] == 61.23
     assert summary["base/siim_seg_dice"] == 40.0  # zero-shot grounding, not a data-efficient head
     assert max(map(len, summary)) <= 28
 

@@ -10,7 +10,8 @@ Outputs (paths from ``ace_lora.cli.stage_paths``):
   detection: a column per protocol), methods in ``params.methods`` order;
 * ``benchmarks.csv``: the same headline rows in long format, every number in percent (``*_pct`` columns);
 * ``metrics/summary.json``: one headline value per method and benchmark, keys ``<method>/<benchmark>_<metric>``
-  (percent), the file ``dvc metrics show`` / ``dvc exp show`` display;
+  (percent), and each trained method's best validation score: the one file ``dvc metrics show`` / ``dvc exp show``
+  display;
 * ``plots/roc/<method>/<benchmark>.csv`` and ``plots/confusion/<method>/<benchmark>.csv``: DVC plot data;
 * ``report/``: the results page's figures and the HTML tables (``snakemake --report``).
 """
@@ -239,12 +240,14 @@ def _html(table: pd.DataFrame, methods: Sequence[str]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def summary_metrics(table: pd.DataFrame, methods: Sequence[str]) -> dict[str, float]:
+def summary_metrics(table: pd.DataFrame, methods: Sequence[str],
+                    training: Mapping[str, dict] | None = None) -> dict[str, float]:
     """One headline value (percent, 2 decimals) per method and benchmark: ``<method>/<benchmark>_<metric>``.
 
     Classification benchmarks report their zero-shot value; segmentation and detection their zero-shot
     grounding value (or, without it, the first protocol in :func:`_protocol_rank` order). ``benchmarks.csv`` holds
-    every protocol.
+    every protocol. ``training`` (method -> its training metrics file) adds the best validation score of model
+    selection as ``<method>/val_<benchmark>_<metric>`` for trained methods.
     """
     out: dict[str, float] = {}
     order = {m: i for i, m in enumerate(methods)}
@@ -256,12 +259,19 @@ def summary_metrics(table: pd.DataFrame, methods: Sequence[str]) -> dict[str, fl
             bench = SHORT_NAMES.get(row["benchmark"], row["benchmark"])
             out[f"{row['method']}/{bench}_{_SUMMARY_SUFFIX.get(row['metric'], row['metric'])}"] = round(
                 float(row["value_pct"]), 2)
+    for method, values in (training or {}).items():
+        parts = str(values.get("val_metric", "")).split("/")
+        if values.get("trained") and len(parts) == 3 and isinstance(values.get("val_best"), (int, float)):
+            bench, metric = SHORT_NAMES.get(parts[1], parts[1]), _SUMMARY_SUFFIX.get(parts[2], parts[2])
+            out[f"{method}/val_{bench}_{metric}"] = round(100 * float(values["val_best"]), 2)
     return out
 
 
 def write_report(df: pd.DataFrame, methods: Sequence[str], md_path: str | Path, csv_path: str | Path,
-                 summary_path: str | Path | None = None) -> dict[str, float]:
-    """Write the tables (``md_path``), the headline rows as CSV (``csv_path``) and the summary metrics.
+                 summary_path: str | Path | None = None, training: Mapping[str, dict] | None = None
+                 ) -> dict[str, float]:
+    """Write the tables (``md_path``), the headline rows as CSV (``csv_path``) and the summary metrics
+    (:func:`summary_metrics`, with ``training``).
 
     ``df`` is :func:`collect_metrics`'s output; every file is written atomically. Returns the summary.
     """
@@ -271,7 +281,7 @@ def write_report(df: pd.DataFrame, methods: Sequence[str], md_path: str | Path, 
     table = headline_table(df, methods)
     atomic_write_text(md_path, _markdown(table, methods))
     atomic_write_text(csv_path, table.to_csv(index=False, float_format="%.4f"))
-    summary = summary_metrics(table, methods)
+    summary = summary_metrics(table, methods, training)
     if summary_path is not None:
         atomic_write_json(summary_path, summary)
     return summary

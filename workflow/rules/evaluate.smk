@@ -41,6 +41,7 @@ rule report:
     input:
         metrics=expand(f"{RESULTS}/metrics/evaluate/{{method}}/{{dataset}}.json", method=METHODS, dataset=EVAL_DATASETS),
         evaluations=expand(f"{RESULTS}/evaluate/{{method}}/{{dataset}}", method=METHODS, dataset=EVAL_DATASETS),
+        training=expand(f"{RESULTS}/metrics/train/{{method}}.json", method=METHODS),
         train_logs=expand(f"{RESULTS}/plots/train/{{method}}{{suffix}}.csv", method=METHODS, suffix=["", "_val"]),
         code=stage_code("report"),
     output:
