@@ -29,6 +29,9 @@ except ParamsError as err:
     raise WorkflowError(f"params.yaml: {err}") from None
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"

@@ -29,7 +29,8 @@ def stage_paths(params: Params, method: str | None = None, dataset: str | None =
     """Output paths of every stage, from ``params.paths``."""
     raw, processed, results = (Path(p) for p in (params.paths.raw, params.paths.processed, params.paths.results))
     out = {"prompts": results / "prompts.json", "report_md": results / "benchmarks.md",
-           "report_csv": results / "benchmarks.csv"}
+           "report_csv": results / "benchmarks.csv", "summary": results / "metrics" / "summary.json",
+           "plots": results / "plots", "report_dir": results / "report"}
     if dataset:
         out["fetched"] = raw / f"{dataset}.fetched.json"
         out["processed"] = processed / dataset
@@ -69,7 +70,12 @@ def cmd_prompts(args: argparse.Namespace, params: Params) -> None:
     from ace_lora.prompts import build_prompts, write_prompts
 
     benchmarks = [b for d in [*params.evaluate.datasets, params.train.validation] for b in benchmarks_of(d)]
-    write_prompts(build_prompts(params.prompts, benchmarks), stage_paths(params)["prompts"])
+    prompts = build_prompts(params.prompts, benchmarks)
+    path = write_prompts(prompts, stage_paths(params)["prompts"])
+    for name, classes in prompts.items():
+        log.info("prompts %s: %d classes, %d prompts", name, len(classes), sum(map(len, classes.values())))
+    log.info("wrote prompts of %d benchmarks to %s (custom templates: %s; custom class names: %s)", len(prompts),
+             path, ", ".join(params.prompts.templates) or "none", ", ".join(params.prompts.class_names) or "none")
 
 
 def _training_processes(params: Params) -> int:
@@ -104,14 +110,15 @@ def cmd_train(args: argparse.Namespace, params: Params) -> None:
 def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
     from ace_lora.data.benchmarks import benchmarks_of, load_benchmark
     from ace_lora.distributed import choose_device
-    from ace_lora.eval.report import write_plot_csvs
     from ace_lora.eval.zeroshot import evaluate_benchmark
     from ace_lora.models import load_adapter
+    from ace_lora.plots import write_plot_csvs
     from ace_lora.prompts import read_prompts
 
     paths = stage_paths(params, method=args.method, dataset=args.dataset)
     device = choose_device(args.device)
     model = load_adapter(paths["adapter"], device=device)
+    log.info("evaluate %s on %s (%s): adapter %s", args.method, args.dataset, device, paths["adapter"])
     metrics: dict = {}
     with atomic_dir(paths["evaluate"]) as out:
         for name in benchmarks_of(args.dataset):
@@ -122,15 +129,42 @@ def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
                                                    overlay_dir=out)
             metrics.update(values)
             write_plot_csvs(artifacts, out, prefix=f"{name}_")
+            log.info("%s: %d test images (%s task); %s", name, len(manifest), spec.task, _headline(values))
     atomic_write_json(paths["metrics"], metrics)
+    log.info("wrote %d metrics to %s and %d files to %s", len(metrics), paths["metrics"],
+             len(list(paths["evaluate"].iterdir())), paths["evaluate"])
+
+
+def _headline(values: dict) -> str:
+    """The main metrics of one benchmark for the log: ``zeroshot/rsna/auroc=0.871 [0.85, 0.89]`` ..."""
+    shown = []
+    for key, value in values.items():
+        if key.rsplit("/", 1)[-1] in ("accuracy", "auroc", "dice", "map"):
+            low, high = values.get(f"{key}_ci_low"), values.get(f"{key}_ci_high")
+            shown.append(f"{key}={value:.4f}" + (f" [{low:.4f}, {high:.4f}]" if low is not None else ""))
+    return ", ".join(shown) or "no headline metric"
 
 
 def cmd_report(args: argparse.Namespace, params: Params) -> None:
-    from ace_lora.eval.report import collect_metrics, write_report
+    from ace_lora.eval.report import collect_metrics, headline_table, write_figures, write_plot_data, write_report
 
+    methods, datasets = list(params.methods), list(params.evaluate.datasets)
     paths = stage_paths(params)
-    write_report(collect_metrics(Path(params.paths.results) / "metrics" / "evaluate"), paths["report_md"],
-                 paths["report_csv"])
+    frame = collect_metrics(Path(params.paths.results) / "metrics" / "evaluate", methods, datasets)
+    log.info("read %d metrics of %d methods x %d data sets (params: %s; %s)", len(frame), len(methods),
+             len(datasets), ", ".join(methods), ", ".join(datasets))
+    training = {m: json.loads(stage_paths(params, m)["train_metrics"].read_text()) for m in methods
+                if stage_paths(params, m)["train_metrics"].is_file()}
+    summary = write_report(frame, methods, paths["report_md"], paths["report_csv"], paths["summary"], training)
+    for key, value in summary.items():
+        log.info("  %-28s %7.2f %%", key, value)
+    evaluate_dirs = {(m, d): stage_paths(params, m, d)["evaluate"] for m in methods for d in datasets}
+    n_plots = write_plot_data(evaluate_dirs, paths["plots"])
+    train_logs = {m: (stage_paths(params, m)["train_log"], stage_paths(params, m)["train_val_log"]) for m in methods}
+    counts = write_figures(headline_table(frame, methods), methods, evaluate_dirs, train_logs, paths["report_dir"])
+    log.info("wrote %s, %s and %s (%d summary values); %d DVC plot files under %s; figures under %s: %s",
+             paths["report_md"], paths["report_csv"], paths["summary"], len(summary), n_plots, paths["plots"],
+             paths["report_dir"], ", ".join(f"{n} {k}" for k, n in counts.items()))
     print(paths["report_md"].read_text())
 
 

@@ -201,11 +201,11 @@ def _evaluate_segmentation(spec, head: _Head, val_maps, val_masks, test_maps, te
         rows.append({"image": test["image"].iloc[i], "dice": M.dice(pred, gt), "gt_pixels": int(gt.sum()),
                      "pred_pixels": int(pred.sum())})
         if overlay_dir is not None and i < eval_cfg.overlays:
-            from ace_lora.eval.report import save_segmentation_overlay
+            from ace_lora.plots import save_segmentation_overlay
 
             save_segmentation_overlay(_image_for_overlay(root, test["image"].iloc[i], size), _sigmoid(prob), pred,
                                       gt, Path(overlay_dir) / f"{head.protocol}_{spec.name}_{i:03d}.png",
-                                      title=f"{test['image'].iloc[i]} dice={rows[-1]['dice']:.2f}")
+                                      title=f"{spec.name} test #{i}, {head.protocol}: Dice {rows[-1]['dice']:.2f}")
     per_image = pd.DataFrame(rows)
     dices = per_image["dice"].to_numpy()
     out = {f"{prefix}/n_images": int(len(dices)), f"{prefix}/threshold": threshold,
@@ -278,13 +278,13 @@ def _evaluate_detection(spec, head: _Head, val_maps, val_gt, test_maps, test, te
             for i in range(len(test)) for b, s in zip(pred_boxes[i], scores[i])]
     predictions = pd.DataFrame(rows, columns=["image", "x1", "y1", "x2", "y2", "score"])
     if overlay_dir is not None:
-        from ace_lora.eval.report import save_detection_overlay
+        from ace_lora.plots import save_detection_overlay
 
         for i in range(min(eval_cfg.overlays, len(test))):
             save_detection_overlay(_image_for_overlay(root, test["image"].iloc[i], size), _sigmoid(probs[i]),
                                    pred_boxes[i], test_gt[i],
                                    Path(overlay_dir) / f"{head.protocol}_{spec.name}_{i:03d}.png",
-                                   title=test["image"].iloc[i])
+                                   title=f"{spec.name} test #{i}, {head.protocol}: {len(pred_boxes[i])} boxes")
     return out, {"predictions": predictions, "thresholds": pd.DataFrame({"threshold": thresholds, "val_map": curve})}
 
 

@@ -39,8 +39,8 @@ STAGE_CODE = {
     "prepare": CLI_CODE + DATA_CODE,
     "prompts": CLI_CODE + DATA_CODE + ["ace_lora/data/benchmarks.py"],
     "train": CLI_CODE + MODEL_CODE + ["ace_lora/losses.py", "ace_lora/provenance.py", "ace_lora/train.py"],
-    "evaluate": CLI_CODE + MODEL_CODE,
-    "report": CLI_CODE + ["ace_lora/eval/__init__.py", "ace_lora/eval/report.py"],
+    "evaluate": CLI_CODE + MODEL_CODE + ["ace_lora/plots.py"],
+    "report": CLI_CODE + ["ace_lora/eval/__init__.py", "ace_lora/eval/report.py", "ace_lora/plots.py"],
 }
 
 

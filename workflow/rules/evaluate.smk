@@ -30,13 +30,40 @@ rule evaluate:
         "{params.ace} evaluate {wildcards.method} {wildcards.dataset} 2> {log}"
 
 
+# Sections of the results page (snakemake --report): folder under results/report -> category. Overlays are grouped
+# by benchmark (their file names start with it).
+REPORT_SECTIONS = {
+    "tables": "1. Benchmark tables",
+    "charts": "2. Benchmark charts",
+    "roc": "3. ROC curves",
+    "confusion": "4. Confusion matrices",
+    "training": "5. Training",
+    "overlays": "6. Grounding overlays",
+}
+
+
 rule report:
     input:
         metrics=expand(f"{RESULTS}/metrics/evaluate/{{method}}/{{dataset}}.json", method=METHODS, dataset=EVAL_DATASETS),
+        evaluations=expand(f"{RESULTS}/evaluate/{{method}}/{{dataset}}", method=METHODS, dataset=EVAL_DATASETS),
+        training=expand(f"{RESULTS}/metrics/train/{{method}}.json", method=METHODS),
+        train_logs=expand(f"{RESULTS}/plots/train/{{method}}{{suffix}}.csv", method=METHODS, suffix=["", "_val"]),
         code=stage_code("report"),
     output:
         md=REPORT_MD,
-        csv=report(REPORT_CSV, caption="../report/benchmarks.rst", category="Benchmarks"),
+        csv=report(REPORT_CSV, caption="../report/benchmarks.rst", category="1. Benchmark tables"),
+        summary=f"{RESULTS}/metrics/summary.json",
+        roc=directory(f"{RESULTS}/plots/roc"),
+        confusion=directory(f"{RESULTS}/plots/confusion"),
+        figures=report(
+            directory(f"{RESULTS}/report"),
+            patterns=["{section,[a-z]+}/{name,[^/]+}.png", "{section,[a-z]+}/{name,[^/]+}.html"],
+            caption="../report/figures.rst",
+            category=lambda wildcards: REPORT_SECTIONS[wildcards.section],
+            subcategory=lambda wildcards: (
+                "_".join(wildcards.name.split("_")[:2]) if wildcards.section == "overlays" else None
+            ),
+        ),
     params:
         ace=ACE,
         **stage_params("report"),
