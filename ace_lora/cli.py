@@ -146,7 +146,7 @@ def _headline(values: dict) -> str:
 
 
 def cmd_report(args: argparse.Namespace, params: Params) -> None:
-    from ace_lora.eval.report import collect_metrics, headline_table, write_figures, write_plot_data, write_report
+    from ace_lora.report import collect_metrics, headline_table, write_figures, write_plot_data, write_report
 
     methods, datasets = list(params.methods), list(params.evaluate.datasets)
     paths = stage_paths(params)

@@ -71,11 +71,11 @@ def run_seed(params_file: Path) -> Path:
     return Path(params.paths.results)
 
 
-def headline_values(results: Path) -> pd.DataFrame:
+def headline_values(results: Path, methods: list[str], datasets: list[str]) -> pd.DataFrame:
     """The headline metric of every benchmark and protocol of one results folder, in percent."""
-    from ace_lora.eval.report import HEADLINE_METRICS, collect_metrics
+    from ace_lora.report import HEADLINE_METRICS, collect_metrics
 
-    frame = collect_metrics(results)
+    frame = collect_metrics(results / "metrics" / "evaluate", methods, datasets)
     frame = frame[frame["metric"] == frame["benchmark"].map(HEADLINE_METRICS)]
     return frame.assign(value=100 * frame["value"])[["method", "benchmark", "protocol", "metric", "value"]]
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             results = list(pool.map(run_seed, files))
     else:
         results = [run_seed(f) for f in files]
-    stats = summarize({s: headline_values(r) for s, r in zip(seeds, results)})
+    stats = summarize({s: headline_values(r, methods, list(base.evaluate.datasets)) for s, r in zip(seeds, results)})
     text = to_markdown(stats, seeds)
     atomic_write_text(out / "spread.md", text)
     atomic_write_text(out / "spread.csv", stats.to_csv(index=False, float_format="%.4f"))

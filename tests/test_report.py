@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ace_lora.eval.report import (
+from ace_lora.report import (
     collect_metrics,
     headline_table,
     macro_roc,
