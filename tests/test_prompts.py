@@ -56,12 +56,21 @@ def test_overrides_replace_templates_and_named_labels_only():
     (PromptsConfig(class_names={"rsna": {"Pneumonitis": "x"}}), "Pneumonitis"),
     (PromptsConfig(class_names={"nope": {"A": "x"}}), "nope"),
     (PromptsConfig(templates={"dermatology": ["{}"]}), "dermatology"),
-    (PromptsConfig(templates={"chest": ["no placeholder"]}), "exactly once"),
-    (PromptsConfig(class_names={"rsna": {"Normal": []}}), "Normal"),
 ])
 def test_bad_overrides_name_the_key(cfg, match):
     with pytest.raises(PromptsError, match=match):
         build_prompts(cfg, ["rsna"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"templates": {"chest": ["no placeholder"]}}, r"prompts\.templates\.chest: .*exactly one '\{\}' field"),
+    ({"class_names": {"rsna": {"Normal": []}}}, r"prompts\.class_names\.rsna\.Normal"),
+])
+def test_malformed_overrides_are_refused_when_params_load(kwargs, match):
+    from ace_lora.config import ParamsError
+
+    with pytest.raises(ParamsError, match=match):
+        PromptsConfig(**kwargs)
 
 
 def test_unknown_benchmark():
