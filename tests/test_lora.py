@@ -64,7 +64,7 @@ def test_lora_config_rejects_bad_combinations():
         build(LoraConfig, {"targets": []})
     with pytest.raises(ParamsError, match="lora.towers"):
         build(LoraConfig, {"towers": ["image", "image"]})
-    with pytest.raises(ParamsError, match="lora.layers"):
+    with pytest.raises(ParamsError, match=r"layers\[0\]: -1 is below the minimum 0"):
         build(LoraConfig, {"layers": [-1]})
     with pytest.raises(ParamsError, match="rank"):
         build(LoraConfig, {"rank": 0})
