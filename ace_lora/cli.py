@@ -60,8 +60,8 @@ def cmd_fetch(args: argparse.Namespace, params: Params) -> None:
 def cmd_prepare(args: argparse.Namespace, params: Params) -> None:
     from ace_lora.data import prepare_dataset
 
-    report = prepare_dataset(args.dataset, Path(params.paths.raw), stage_paths(params, dataset=args.dataset)["processed"],
-                             params.data)
+    out = stage_paths(params, dataset=args.dataset)["processed"]
+    report = prepare_dataset(args.dataset, Path(params.paths.raw), out, params.data)
     log.info("prepared %s: %s", args.dataset, json.dumps(report.get("counts", {}), default=str)[:500])
 
 

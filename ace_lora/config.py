@@ -25,7 +25,6 @@ from typing import Any
 
 import yaml
 
-
 #: A name that becomes a path component or a shell word: letters, digits, '_' and '-', not starting with '-'.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 #: A ``paths`` entry: a plain relative or absolute path (no spaces, quotes or shell characters).
@@ -61,7 +60,8 @@ def param(default: Any, help: str, *, choices: tuple | None = None, minimum: flo
 class LoraConfig:
     enabled: bool = param(True, "Add LoRA adapters (False: towers stay exactly the base model).")
     rank: int = param(4, "LoRA rank r.", minimum=1)
-    alpha: float = param(1.0, "LoRA alpha; scaling s = alpha / sqrt(rank) (rsLoRA-style, docs/method.md#lora).", above=0)
+    alpha: float = param(1.0, "LoRA alpha; scaling s = alpha / sqrt(rank) (rsLoRA-style, docs/method.md#lora).",
+                         above=0)
     dropout: float = param(0.1, "Dropout on the LoRA input only.", minimum=0, below=1)
     targets: list[str] = param(["q", "k", "v"], "Attention projections that get an adapter.",
                                items=("q", "k", "v", "o"))

@@ -3,7 +3,8 @@
 Times the step the trainer runs (:class:`ace_lora.train.ContrastiveStep`: both towers with LoRA and ACE-HGNN, the
 label-guided InfoNCE loss, backward, AdamW on the trainable parameters) on synthetic batches: random images, random
 token ids filling the whole context (the worst case; padding columns are skipped only when no padding position is
-a node, ``hgnn.text_nodes: content``; see ``bench_model.py --fill``) and random labels. Towers are random (no checkpoint), which does not change the cost.
+a node, ``hgnn.text_nodes: content``; see ``bench_model.py --fill``) and random labels. Towers are random (no
+checkpoint), which does not change the cost.
 
 FLOP model (standard counts): a transformer layer's forward costs 2 x [T (4 d^2 + 2 d d_ff) + 2 T^2 d] FLOP for T
 tokens of width d (ViT-B/16 at 224: 34.9 GFLOP, BERT-base at 256 tokens: 45.9 GFLOP per pair; heads, patch embedding

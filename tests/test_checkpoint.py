@@ -10,8 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 from ace_lora.config import LossConfig, ModelConfig
-from ace_lora.models import (AdapterError, build_from_official_checkpoint, build_model, import_official_checkpoint,
-                             load_adapter, load_adapter_weights, save_adapter)
+from ace_lora.models import (
+    AdapterError,
+    build_from_official_checkpoint,
+    build_model,
+    import_official_checkpoint,
+    load_adapter,
+    load_adapter_weights,
+    save_adapter,
+)
 from model_support import build_tiny, example_batch, randomise_adapter, tiny_cfg, write_vocab
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import train_fakes
 from ace_lora import distributed as D
 from ace_lora import train as T
-
-import train_fakes
 from test_train import one_thread, prepare_tiny_data, read_csv, real_params  # noqa: F401 (autouse fixture)
 
 TESTS = Path(__file__).resolve().parent
@@ -91,7 +90,8 @@ def test_two_processes_match_one_process_on_same_global_batch(tmp_path, monkeypa
     T.train(one, "ace", tmp_path / "one")
     run_torchrun("_torchrun_train.py", str(_write_params(tmp_path / "two.json", two)), "ace", str(tmp_path / "two"),
                  "--sgd")
-    a, b = (torch.load(next((tmp_path / d / "checkpoints").glob("*/last.pt")), weights_only=True) for d in ("one", "two"))
+    a, b = (torch.load(next((tmp_path / d / "checkpoints").glob("*/last.pt")), weights_only=True)
+            for d in ("one", "two"))
     assert a["state"]["step"] == b["state"]["step"] == 3 and b["world_size"] == 2
     from ace_lora.config import resolve_method
     from ace_lora.models import build_model

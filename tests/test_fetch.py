@@ -18,8 +18,17 @@ import pytest
 
 from ace_lora.config import DataConfig, DemoConfig
 from ace_lora.data import fixtures as fx
-from ace_lora.data.fetch import (FIXTURE_MARKER, SOURCES, DownloadError, FetchError, download, fetch_dataset,
-                                 fingerprint_files, redact_url, verify_layout)
+from ace_lora.data.fetch import (
+    FIXTURE_MARKER,
+    SOURCES,
+    DownloadError,
+    FetchError,
+    download,
+    fetch_dataset,
+    fingerprint_files,
+    redact_url,
+    verify_layout,
+)
 
 TINY = DemoConfig(seed=1, n_train=12, n_per_class=3, image_size=16)
 
@@ -172,8 +181,8 @@ def test_demo_fetch_generates_atomically_and_skips_when_current(tmp_path):
     assert again == record and marker.stat().st_mtime_ns == stamp  # skipped: nothing rewritten
     changed = fetch_dataset("siim", tmp_path, DataConfig(demo=DemoConfig(seed=2, n_train=12, n_per_class=4,
                                                                           image_size=16)))
-    assert marker.stat().st_mtime_ns != stamp and changed["counts"]["images"] == 2 * fx.images_per_class("siim", DemoConfig(
-        n_per_class=4))
+    per_class = fx.images_per_class("siim", DemoConfig(n_per_class=4))
+    assert marker.stat().st_mtime_ns != stamp and changed["counts"]["images"] == 2 * per_class
 
 
 def test_demo_fetch_refuses_to_overwrite_real_data(tmp_path):

@@ -21,7 +21,6 @@ from ace_lora import distributed as D
 from ace_lora.losses import LabelGuidedInfoNCELoss
 from ace_lora.models.dropout import dropout_matmul, keep_mask
 from ace_lora.train import ContrastiveStep
-
 from model_support import build_tiny, example_batch, randomise_adapter, write_vocab
 
 pytestmark = [

@@ -10,8 +10,16 @@ import pytest
 from sklearn import metrics as skm
 
 from ace_lora.eval.metrics import (
-    DEFAULT_IOU_THRESHOLDS, UndefinedMetricError, accuracy, balanced_accuracy, bootstrap_ci, box_iou, dice,
-    macro_auroc, macro_f1, mean_average_precision,
+    DEFAULT_IOU_THRESHOLDS,
+    UndefinedMetricError,
+    accuracy,
+    balanced_accuracy,
+    bootstrap_ci,
+    box_iou,
+    dice,
+    macro_auroc,
+    macro_f1,
+    mean_average_precision,
 )
 
 

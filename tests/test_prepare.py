@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from test_readers import encode_rle, write_dicom
 
 from ace_lora.config import DataConfig
 from ace_lora.data import CHEXPERT_FINDINGS, NIH_FINDINGS, prepare_dataset
 from ace_lora.data.prepare import PrepareError, split_by_group
 from ace_lora.data.readers import BadInputError
+from test_readers import encode_rle, write_dicom
 
 SIZE = 16  # prepared shortest side in these tests
 
@@ -395,8 +395,8 @@ def test_prepare_gzip_nih_table(tmp_path):
 
 @pytest.mark.parametrize("name", list(RAW))
 def test_prepare_demo_fixture(tmp_path, name):
-    from ace_lora.data import fixtures
     from ace_lora.config import DemoConfig
+    from ace_lora.data import fixtures
 
     demo = DemoConfig(seed=1, n_train=12, n_per_class=4, image_size=32)
     summary = fixtures.write_fixture(name, tmp_path / "raw" / name, demo)

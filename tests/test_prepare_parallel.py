@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from ace_lora.config import DataConfig, DemoConfig
-from ace_lora.data import prepare_dataset
 from ace_lora.data import prepare as P
+from ace_lora.data import prepare_dataset
 from ace_lora.data.fixtures import render_chest, write_fixture
 from ace_lora.data.readers import DRAFT_FACTOR, BadInputError, read_image
 

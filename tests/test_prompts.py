@@ -5,8 +5,15 @@ import json
 import pytest
 
 from ace_lora.config import PromptsConfig
-from ace_lora.prompts import (BENCHMARK_CLASSES, BENCHMARK_DOMAINS, DEFAULT_TEMPLATES, PromptsError, build_prompts,
-                              read_prompts, write_prompts)
+from ace_lora.prompts import (
+    BENCHMARK_CLASSES,
+    BENCHMARK_DOMAINS,
+    DEFAULT_TEMPLATES,
+    PromptsError,
+    build_prompts,
+    read_prompts,
+    write_prompts,
+)
 
 AGREED_CLASSES = {
     "chexpert5x200": ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"],

@@ -12,9 +12,21 @@ import pytest
 from PIL import Image
 
 from ace_lora.data.readers import (
-    CHEXPERT_5X200_CLASSES, NIH_FINDINGS, BadInputError, decode_rle, decode_rle_union, read_chexpert_table,
-    read_dicom, read_image, read_nih_table, read_rsna_labels, read_siim_rle, report_text, safe_name,
-    select_chexpert_5x200, siim_image_table,
+    CHEXPERT_5X200_CLASSES,
+    NIH_FINDINGS,
+    BadInputError,
+    decode_rle,
+    decode_rle_union,
+    read_chexpert_table,
+    read_dicom,
+    read_image,
+    read_nih_table,
+    read_rsna_labels,
+    read_siim_rle,
+    report_text,
+    safe_name,
+    select_chexpert_5x200,
+    siim_image_table,
 )
 
 # ------------------------------------------------------------------------------------------- helpers

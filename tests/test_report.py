@@ -10,6 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ace_lora.plots import (
+    save_detection_overlay,
+    save_segmentation_overlay,
+    write_plot_csvs,
+)
 from ace_lora.report import (
     collect_metrics,
     headline_table,
@@ -18,11 +23,6 @@ from ace_lora.report import (
     write_figures,
     write_plot_data,
     write_report,
-)
-from ace_lora.plots import (
-    save_detection_overlay,
-    save_segmentation_overlay,
-    write_plot_csvs,
 )
 
 METHODS = ["lora_only", "ace_lora", "base"]  # params order, deliberately not alphabetical

@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import train_fakes
 from ace_lora import distributed as D
 from ace_lora import train as T
 from ace_lora.config import Params, build
-
-import train_fakes
 
 
 @pytest.fixture(autouse=True)
@@ -428,8 +427,8 @@ def test_real_resume_equals_uninterrupted(tiny_data, tmp_path):
     assert any("lora_" in n for n in names) and any("hgnn" in n for n in names) and "logit_scale" in names
     for name in names:
         torch.testing.assert_close(b["trainable"][name], a["trainable"][name], rtol=0, atol=1e-6)
-    from ace_lora.models import build_model, load_adapter
     from ace_lora.config import resolve_method
+    from ace_lora.models import build_model, load_adapter
 
     model = load_adapter(tmp_path / "full" / "adapter")
     meta = json.loads((tmp_path / "full" / "adapter" / "adapter.json").read_text())
@@ -440,8 +439,8 @@ def test_real_resume_equals_uninterrupted(tiny_data, tmp_path):
 
 
 def test_real_export_untrained_and_supplied_adapter(tiny_data, tmp_path):
-    from ace_lora.models import build_model, load_adapter
     from ace_lora.config import resolve_method
+    from ace_lora.models import build_model, load_adapter
 
     params = real_params(tiny_data, methods={"base": {"train": False},
                                              "copy": {"train": False, "adapter": str(tmp_path / "base" / "adapter")}})
@@ -501,7 +500,8 @@ def cli_train(params_file: Path, method: str = "ace") -> subprocess.Popen:
 def stage_outputs(results: Path) -> dict:
     """Adapter files, logs (timings dropped) and metrics (timings dropped) of the stage for method ``ace``."""
     def rows(name: str) -> list[dict]:
-        return [{k: v for k, v in r.items() if k != "pairs_per_s"} for r in read_csv(results / "plots" / "train" / name)]
+        rows = read_csv(results / "plots" / "train" / name)
+        return [{k: v for k, v in r.items() if k != "pairs_per_s"} for r in rows]
 
     metrics = json.loads((results / "metrics" / "train" / "ace.json").read_text())
     return {"adapter": {p.name: p.read_bytes() for p in (results / "train" / "ace" / "adapter").iterdir()},

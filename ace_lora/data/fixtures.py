@@ -492,7 +492,7 @@ def _uid(rng: np.random.Generator, root: str) -> str:
 def _dicom_template(variant: int, rows: int, columns: int):
     """The constant part of a fixture DICOM of one encoding (building it is most of the cost of a file)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     photometric, bits, stored_bits, signed, slope, intercept = DICOM_VARIANTS[variant]
     meta = FileMetaDataset()
@@ -880,8 +880,8 @@ def basic_tokens(text: str) -> list[str]:
 
 def demo_texts() -> list[str]:
     """Every text fragment the demo reports can contain, and the default prompts of every benchmark."""
-    from ace_lora.prompts import BENCHMARK_CLASSES, build_prompts
     from ace_lora.config import PromptsConfig
+    from ace_lora.prompts import BENCHMARK_CLASSES, build_prompts
 
     texts = [REPORT_SKELETON, "FINDINGS: IMPRESSION: Findings as above. No pleural effusion or pneumothorax.",
              *NORMAL_FINDINGS, *NORMAL_IMPRESSIONS, *INDICATIONS, *EXAMINATIONS.values(), *NEGATIONS.values(),

@@ -40,9 +40,26 @@ from PIL import Image
 
 from ace_lora.config import DataConfig
 from ace_lora.data.readers import (
-    CHEXPERT_5X200_CLASSES, CHEXPERT_FINDINGS, NIH_FINDINGS, BadInputError, decode_rle_union, read_chexpert_table,
-    check_names, drop_duplicates, read_dicom_header, read_image, read_list, read_mimic_tables, read_nih_table,
-    read_rsna_labels, read_siim_rle, read_table, report_text, rle_extent, select_chexpert_5x200, siim_image_table,
+    CHEXPERT_5X200_CLASSES,
+    CHEXPERT_FINDINGS,
+    NIH_FINDINGS,
+    BadInputError,
+    check_names,
+    decode_rle_union,
+    drop_duplicates,
+    read_chexpert_table,
+    read_dicom_header,
+    read_image,
+    read_list,
+    read_mimic_tables,
+    read_nih_table,
+    read_rsna_labels,
+    read_siim_rle,
+    read_table,
+    report_text,
+    rle_extent,
+    select_chexpert_5x200,
+    siim_image_table,
 )
 from ace_lora.io import atomic_dir, within
 

@@ -47,7 +47,11 @@ from tqdm.auto import tqdm
 from ace_lora.distributed import autocast
 from ace_lora.eval import metrics as M
 from ace_lora.eval.zeroshot import (
-    _eval_mode, _image_dataset, _model_device, _positive_index, build_zero_shot_classifier,
+    _eval_mode,
+    _image_dataset,
+    _model_device,
+    _positive_index,
+    build_zero_shot_classifier,
 )
 
 __all__ = ["patch_features", "upsample_map", "fit_to_input", "boxes_to_input", "regions_to_boxes",

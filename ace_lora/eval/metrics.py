@@ -11,7 +11,7 @@ raises :class:`UndefinedMetricError`; :func:`bootstrap_ci` skips such resamples.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.stats import rankdata

@@ -16,8 +16,15 @@ from torch import nn
 
 from ace_lora.config import LossConfig, ModelConfig
 from ace_lora.models.attention import BertPriorReader, VitPriorReader
-from ace_lora.models.biomedclip import (ImageTower, TextTower, build_image_transform, load_open_clip_state_dict,
-                                        read_state_dict, resolve_checkpoint_file, resolve_tokenizer_source)
+from ace_lora.models.biomedclip import (
+    ImageTower,
+    TextTower,
+    build_image_transform,
+    load_open_clip_state_dict,
+    read_state_dict,
+    resolve_checkpoint_file,
+    resolve_tokenizer_source,
+)
 from ace_lora.models.hgnn import AceHgnn
 from ace_lora.models.lora import apply_lora_to_bert, apply_lora_to_vit, lora_modules, merge_lora, unmerge_lora
 from ace_lora.models.presets import DEFAULT_LOG_LOGIT_SCALE, ModelPreset, get_preset
