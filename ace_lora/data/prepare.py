@@ -62,6 +62,7 @@ from ace_lora.data.readers import (
     siim_image_table,
 )
 from ace_lora.io import atomic_dir, within
+from ace_lora.progress import progress
 
 DATASETS = ("mimic", "nih14", "chexpert", "rsna", "siim", "mhist", "lc25000")
 
@@ -518,22 +519,18 @@ def default_workers() -> int:
 
 def _run(items: list[_Item], out: Path, size: int, issues: _Issues, workers: int, desc: str) -> list[dict]:
     """Process every item (:func:`_map`); rows in item order, whatever the worker count."""
-    from tqdm.auto import tqdm
-
     rows: list[dict | None] = [None] * len(items)
     # a worker process costs about a second to start: none for fewer than 32 images each
     workers = max(1, min(workers, len(items) // 32))
     results = _map(items, out, size, workers)
-    with tqdm(total=len(items), desc=desc, unit="img", disable=None) as bar:
-        try:
-            for index, result in results:
-                bar.update(1)
-                if isinstance(result, tuple):
-                    issues(BadInputError(*result))
-                else:
-                    rows[index] = result
-        finally:
-            results.close()
+    try:
+        for index, result in progress(results, desc, total=len(items), unit="img"):
+            if isinstance(result, tuple):
+                issues(BadInputError(*result))
+            else:
+                rows[index] = result
+    finally:
+        results.close()
     return [r for r in rows if r is not None]
 
 

@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ace_lora.distributed import autocast
 from ace_lora.eval import metrics as M
@@ -53,6 +52,7 @@ from ace_lora.eval.zeroshot import (
     _positive_index,
     build_zero_shot_classifier,
 )
+from ace_lora.progress import progress
 
 __all__ = ["patch_features", "upsample_map", "fit_to_input", "boxes_to_input", "regions_to_boxes",
            "choose_threshold_dice", "train_patch_probe", "evaluate_grounding"]
@@ -111,7 +111,7 @@ def patch_features(model: Any, manifest: pd.DataFrame, root: str | Path, eval_cf
                         pin_memory=device.type == "cuda")
     out: torch.Tensor | None = None
     with _eval_mode(model), autocast(device, eval_cfg.precision):
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        for batch in progress(loader, desc, unit="batch"):
             nodes, _ = model.image_nodes(batch["image"].to(device, non_blocking=True))
             patches = nodes[:, 1:].float()  # (B, P, D)
             side = math.isqrt(patches.shape[1])
@@ -263,7 +263,7 @@ def _evaluate_detection(spec, head: _Head, val_maps, val_gt, test_maps, test, te
     probs_val = [upsample_map(g, size) for g in val_maps]
     thresholds = _candidate_thresholds(val_maps, eval_cfg.grounding_thresholds)[:-1]
     curve = np.array([M.mean_average_precision(*_detections(probs_val, t), val_gt)
-                      for t in tqdm(thresholds, desc=f"{spec.name} thresholds", leave=False)])
+                      for t in progress(thresholds, f"{spec.name} thresholds", unit="threshold")])
     threshold = float(thresholds[int(np.argmax(curve))])
 
     probs = [upsample_map(g, size) for g in test_maps]

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ace_lora.distributed import autocast
 from ace_lora.eval import metrics as M
+from ace_lora.progress import progress
 
 __all__ = ["build_zero_shot_classifier", "embed_images", "evaluate_benchmark", "NEGATIVE_CLASS",
            "CLASSIFICATION_METRICS"]
@@ -136,7 +136,7 @@ def embed_images(model: Any, manifest: pd.DataFrame, root: str | Path, batch_siz
                         pin_memory=device.type == "cuda")
     out = torch.zeros(len(dataset), 0)
     with _eval_mode(model), autocast(device, precision):
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        for batch in progress(loader, desc, unit="batch"):
             emb = F.normalize(model.encode_image(batch["image"].to(device, non_blocking=True)).float(), dim=-1)
             if out.shape[1] == 0:
                 out = torch.zeros(len(dataset), emb.shape[1])
