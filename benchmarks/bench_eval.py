@@ -27,6 +27,7 @@ from PIL import Image
 
 from ace_lora.config import EvaluateConfig, ModelConfig
 from ace_lora.eval.zeroshot import embed_images, evaluate_benchmark
+from ace_lora.io import atomic_write_json
 
 CLASSES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 
@@ -119,8 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     })
     print(json.dumps(results, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_json(args.json, results)
     return results
 
 

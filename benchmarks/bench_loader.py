@@ -18,7 +18,6 @@ CPU-second of the process, which other jobs change much less.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader
 from ace_lora.data.dataset import PairDataset
 from ace_lora.data.fixtures import render_chest
 from ace_lora.data.readers import CHEXPERT_FINDINGS
+from ace_lora.io import atomic_write_json
 from ace_lora.models import get_preset
 from ace_lora.models.biomedclip import build_image_transform
 
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"(pass {statistics.median(times):.2f}s)"
                   + (f"; {run['images_per_cpu_s']:.1f} images per CPU-second" if workers == 0 else ""), flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_json(args.json, results)
     return results
 
 

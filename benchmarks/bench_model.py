@@ -14,7 +14,6 @@ plus peak memory (CPU: process max RSS from ``resource.getrusage``; CUDA: ``torc
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ace_lora.config import HgnnConfig, ModelConfig
+from ace_lora.io import atomic_write_json
 from ace_lora.losses import LabelGuidedInfoNCELoss
 from ace_lora.models import build_model
 
@@ -175,8 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"image embed {dev_name:4s} {prec:4s} batch {r['batch']:3d}: median {r['median_s']:.3f}s "
                   f"({r['images_per_s']:.1f} images/s), peak {r['peak_mem_mib']:.0f} MiB", flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_json(args.json, results)
     return results
 
 

@@ -18,7 +18,6 @@ with other jobs they are lower bounds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -31,6 +30,7 @@ from PIL import Image, ImageFilter
 from ace_lora.data import prepare as P
 from ace_lora.data import readers
 from ace_lora.data.fixtures import render_chest, write_dicom
+from ace_lora.io import atomic_write_json
 
 MIMIC_IMAGES = 377_110
 TARGET_CORES = 16
@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{hours:.2f} h with draft decoding ({per_core:.2f} images/s/core), "
           f"{results['projected_mimic_hours_full_decode']:.2f} h with full decoding", flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_json(args.json, results)
     return results
 
 
