@@ -273,20 +273,8 @@ def test_real_lc25000_bad_checksum(server, tmp_path):
 
 
 def test_real_mimic_from_a_physionet_style_server(server, tmp_path, monkeypatch):
+    cfg = _serve_mimic(server, tmp_path, monkeypatch)
     src = tmp_path / "src"
-    fx.write_fixture("mimic", src, TINY)
-    for p in src.rglob("*"):
-        if p.is_file() and p.suffix != ".txt":
-            server.files["/jpg/" + p.relative_to(src).as_posix()] = p.read_bytes()
-    reports = io.BytesIO()
-    with zipfile.ZipFile(reports, "w") as zf:
-        for p in sorted(src.rglob("*.txt")):
-            zf.write(p, p.relative_to(src).as_posix())
-    server.files["/reports.zip"] = reports.getvalue()
-    server.auth = ("u", "p")
-    monkeypatch.setenv("PHYSIONET_USERNAME", "u")
-    monkeypatch.setenv("PHYSIONET_PASSWORD", "p")
-    cfg = DataConfig(source="real", urls={"mimic": server.url + "/jpg/", "mimic_reports": server.url + "/reports.zip"})
     record = fetch_dataset("mimic", tmp_path / "raw", cfg)
     assert record["source"] == "real" and record["counts"]["reports"] == len(list(src.rglob("*.txt")))
     frontal = len(list(src.rglob("*.jpg"))) - fx.write_fixture("mimic", tmp_path / "again", TINY)["lateral_images"]
@@ -343,6 +331,8 @@ def test_fingerprint_cost_on_the_demo(tmp_path):
 
 
 def _serve_mimic(server, tmp_path, monkeypatch, edit_metadata=None) -> DataConfig:
+    """Write the tiny MIMIC fixture to ``tmp_path/src`` and serve it PhysioNet-style (basic auth): images under
+    /jpg/, reports as /reports.zip; ``edit_metadata`` rewrites the metadata table's text first."""
     src = tmp_path / "src"
     fx.write_fixture("mimic", src, TINY)
     if edit_metadata is not None:
