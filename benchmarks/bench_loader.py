@@ -31,8 +31,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from ace_lora.data.dataset import PairDataset
-from ace_lora.data.fixtures import render_chest
 from ace_lora.data.readers import CHEXPERT_FINDINGS
+from ace_lora.demo.painters import render_chest
 from ace_lora.io import atomic_write_json
 from ace_lora.models import get_preset
 from ace_lora.models.biomedclip import build_image_transform

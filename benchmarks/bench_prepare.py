@@ -29,7 +29,8 @@ from PIL import Image, ImageFilter
 
 from ace_lora.data import prepare as P
 from ace_lora.data import readers
-from ace_lora.data.fixtures import render_chest, write_dicom
+from ace_lora.demo.dicom import write_dicom
+from ace_lora.demo.painters import render_chest
 from ace_lora.io import atomic_write_json
 
 MIMIC_IMAGES = 377_110

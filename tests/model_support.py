@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from ace_lora.config import HgnnConfig, LoraConfig, LossConfig, ModelConfig
+from ace_lora.models.tokenizer import SPECIAL_TOKENS
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+SPECIALS = list(SPECIAL_TOKENS)
 WORDS = ["no", "left", "right", "pleural", "effusion", "pneumothorax", "edema", "cardiomegaly", "atelectasis",
          "consolidation", "mild", "small", "large", "is", "seen", "there", "lung", "heart", "size", "normal", ".", ","]
 

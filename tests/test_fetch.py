@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from ace_lora import demo, registry
 from ace_lora.config import DataConfig, DemoConfig
-from ace_lora.data import fixtures as fx
 from ace_lora.data.fetch import (
     FIXTURE_MARKER,
     SOURCES,
@@ -171,7 +171,7 @@ def test_demo_fetch_generates_atomically_and_skips_when_current(tmp_path):
     record = fetch_dataset("siim", tmp_path, cfg)
     assert record["source"] == "demo"
     assert record["tables"] == {"labels": "train-rle.csv"}
-    assert record["counts"]["images"] == 2 * fx.images_per_class("siim", TINY)
+    assert record["counts"]["images"] == 2 * demo.images_per_class("siim", TINY)
     assert set(record["sha256"]) == {"train-rle.csv"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["siim"]  # no temp folders left
     json.dumps(record)  # the stage writes it as JSON
@@ -181,7 +181,7 @@ def test_demo_fetch_generates_atomically_and_skips_when_current(tmp_path):
     assert again == record and marker.stat().st_mtime_ns == stamp  # skipped: nothing rewritten
     changed = fetch_dataset("siim", tmp_path, DataConfig(demo=DemoConfig(seed=2, n_train=12, n_per_class=4,
                                                                           image_size=16)))
-    per_class = fx.images_per_class("siim", DemoConfig(n_per_class=4))
+    per_class = demo.images_per_class("siim", DemoConfig(n_per_class=4))
     assert marker.stat().st_mtime_ns != stamp and changed["counts"]["images"] == 2 * per_class
 
 
@@ -193,7 +193,7 @@ def test_demo_fetch_refuses_to_overwrite_real_data(tmp_path):
     assert (tmp_path / "mhist" / "annotations.csv").read_text() == "x\n"
 
 
-@pytest.mark.parametrize("name", fx.DATASETS)
+@pytest.mark.parametrize("name", registry.DATASET_NAMES)
 def test_every_fixture_passes_the_layout_check(tmp_path, name):
     record = fetch_dataset(name, tmp_path, DataConfig(demo=TINY))
     assert record["dataset"] == name and record["counts"]["images"] > 0
@@ -205,10 +205,10 @@ def test_every_fixture_passes_the_layout_check(tmp_path, name):
 
 
 def test_real_mode_verifies_data_in_place(tmp_path):
-    fx.write_fixture("rsna", tmp_path / "rsna", TINY)  # no demo marker: looks like real data
+    demo.write_fixture("rsna", tmp_path / "rsna", TINY)  # no demo marker: looks like real data
     record = fetch_dataset("rsna", tmp_path, DataConfig(source="real"))
     assert record["source"] == "real"
-    assert record["counts"]["images"] == 2 * fx.images_per_class("rsna", TINY)
+    assert record["counts"]["images"] == 2 * demo.images_per_class("rsna", TINY)
     (tmp_path / "rsna" / "stage_2_train_labels.csv").unlink()
     with pytest.raises(FetchError, match="stage_2_train_labels.csv") as err:
         fetch_dataset("rsna", tmp_path, DataConfig(source="real"))
@@ -246,7 +246,7 @@ def _zip_tree(root: Path) -> bytes:
 
 
 def test_real_lc25000_downloads_verifies_and_unpacks(server, tmp_path):
-    fx.write_fixture("lc25000", tmp_path / "src", TINY)
+    demo.write_fixture("lc25000", tmp_path / "src", TINY)
     archive = _zip_tree(tmp_path / "src")
     server.files["/LC25000.zip"] = archive
     server.cut["/LC25000.zip"] = len(archive) // 3
@@ -277,7 +277,7 @@ def test_real_mimic_from_a_physionet_style_server(server, tmp_path, monkeypatch)
     src = tmp_path / "src"
     record = fetch_dataset("mimic", tmp_path / "raw", cfg)
     assert record["source"] == "real" and record["counts"]["reports"] == len(list(src.rglob("*.txt")))
-    frontal = len(list(src.rglob("*.jpg"))) - fx.write_fixture("mimic", tmp_path / "again", TINY)["lateral_images"]
+    frontal = len(list(src.rglob("*.jpg"))) - demo.write_fixture("mimic", tmp_path / "again", TINY)["lateral_images"]
     assert record["counts"]["images"] == frontal  # only the frontal views are downloaded
     assert record["sha256"]["mimic-cxr-2.0.0-chexpert.csv.gz"] == \
         hashlib.sha256((src / "mimic-cxr-2.0.0-chexpert.csv.gz").read_bytes()).hexdigest()
@@ -301,7 +301,7 @@ def test_fetch_record_is_identical_on_a_rerun_and_holds_no_machine_path(tmp_path
 
 @pytest.mark.parametrize("mode", ["content", "stat"])
 def test_fetch_record_changes_when_one_raw_image_changes(tmp_path, mode):
-    fx.write_fixture("rsna", tmp_path / "rsna", TINY)
+    demo.write_fixture("rsna", tmp_path / "rsna", TINY)
     cfg = DataConfig(source="real", raw_hash=mode)
     before = fetch_dataset("rsna", tmp_path, cfg)
     assert before["files"]["hash"] == mode and before["files"]["count"] == before["counts"]["images"] + 1
@@ -318,7 +318,7 @@ def test_fetch_record_changes_when_one_raw_image_changes(tmp_path, mode):
 
 def test_fingerprint_cost_on_the_demo(tmp_path):
     """Content hashing of a whole demo data set stays well under the stage's budget (figures: see the report)."""
-    fx.write_fixture("mimic", tmp_path / "mimic", DemoConfig(n_train=400, n_per_class=8))
+    demo.write_fixture("mimic", tmp_path / "mimic", DemoConfig(n_train=400, n_per_class=8))
     start = time.perf_counter()
     content = fingerprint_files(tmp_path / "mimic", "content")
     seconds = time.perf_counter() - start
@@ -334,7 +334,7 @@ def _serve_mimic(server, tmp_path, monkeypatch, edit_metadata=None) -> DataConfi
     """Write the tiny MIMIC fixture to ``tmp_path/src`` and serve it PhysioNet-style (basic auth): images under
     /jpg/, reports as /reports.zip; ``edit_metadata`` rewrites the metadata table's text first."""
     src = tmp_path / "src"
-    fx.write_fixture("mimic", src, TINY)
+    demo.write_fixture("mimic", src, TINY)
     if edit_metadata is not None:
         path = src / "mimic-cxr-2.0.0-metadata.csv.gz"
         with gzip.open(path, "rt") as f:

@@ -1,5 +1,5 @@
-"""Synthetic fixtures: each data set's exact raw layout, DICOM encodings, SIIM RLE, determinism, the demo's
-finding -> pattern design and the tiny tokenizer vocabulary."""
+"""The demo generator (ace_lora.demo): each data set's exact raw layout, DICOM encodings, SIIM RLE, determinism,
+the demo's finding -> pattern design and the tiny tokenizer vocabulary."""
 
 import gzip
 import hashlib
@@ -12,8 +12,11 @@ import pydicom
 import pytest
 from PIL import Image
 
+from ace_lora import demo, registry
 from ace_lora.config import DemoConfig, PromptsConfig
-from ace_lora.data import fixtures as fx
+from ace_lora.demo import dicom, painters, reports
+from ace_lora.demo.vocab import demo_vocabulary
+from ace_lora.models.tokenizer import TINY_VOCAB_FILE, basic_tokens, write_tokenizer
 from ace_lora.prompts import BENCHMARK_CLASSES, build_prompts
 
 SMALL = DemoConfig(seed=3, n_train=300, n_per_class=6, image_size=32)
@@ -22,7 +25,7 @@ SMALL = DemoConfig(seed=3, n_train=300, n_per_class=6, image_size=32)
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw")
-    summaries = {name: fx.write_fixture(name, root / name, SMALL) for name in fx.DATASETS}
+    summaries = {name: demo.write_fixture(name, root / name, SMALL) for name in registry.DATASET_NAMES}
     return root, summaries
 
 
@@ -50,15 +53,15 @@ def _decode_rle(rle: str, h: int, w: int) -> np.ndarray:
 
 def test_unknown_dataset(tmp_path):
     with pytest.raises(ValueError, match="unknown data set"):
-        fx.write_fixture("imagenet", tmp_path, SMALL)
+        demo.write_fixture("imagenet", tmp_path, SMALL)
 
 
 @pytest.mark.parametrize("name", ["mimic", "siim", "mhist"])
 def test_deterministic_for_a_seed(tmp_path, raw, name):
     root, _ = raw
-    fx.write_fixture(name, tmp_path / "again", SMALL)
+    demo.write_fixture(name, tmp_path / "again", SMALL)
     assert _tree_digest(tmp_path / "again") == _tree_digest(root / name)
-    fx.write_fixture(name, tmp_path / "other", DemoConfig(seed=4, n_train=300, n_per_class=6, image_size=32))
+    demo.write_fixture(name, tmp_path / "other", DemoConfig(seed=4, n_train=300, n_per_class=6, image_size=32))
     assert _tree_digest(tmp_path / "other") != _tree_digest(root / name)
 
 
@@ -71,14 +74,14 @@ def test_mimic_layout(raw):
     assert list(meta.columns[:5]) == ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription",
                                       "ViewPosition"]
     assert list(split.columns) == ["dicom_id", "study_id", "subject_id", "split"]
-    assert list(chx.columns) == ["subject_id", "study_id", *sorted(fx.CHEXPERT_FINDINGS)]
+    assert list(chx.columns) == ["subject_id", "study_id", *sorted(registry.CHEXPERT_FINDINGS)]
     assert set(meta["ViewPosition"]) >= {"PA", "AP", "LATERAL"}
     assert set(split["split"]) == {"train", "validate", "test"}
     assert set(split["dicom_id"]) == set(meta["dicom_id"])
     frontal_train = meta.merge(split[["dicom_id", "split"]], on="dicom_id")
     frontal_train = frontal_train[frontal_train.ViewPosition.isin(["PA", "AP"]) & (frontal_train.split == "train")]
     assert len(frontal_train) == SMALL.n_train
-    values = set(chx[list(fx.CHEXPERT_FINDINGS)].to_numpy().ravel())
+    values = set(chx[list(registry.CHEXPERT_FINDINGS)].to_numpy().ravel())
     assert values <= {"1.0", "0.0", "-1.0", ""} and {"1.0", "0.0", ""} <= values
     # one label row per study, keyed by study, in an order that differs from the metadata's
     assert chx["study_id"].is_unique and set(chx["study_id"]) == set(meta["study_id"])
@@ -103,10 +106,10 @@ def test_mimic_reports_name_the_labelled_findings(raw):
     for p in (d / "files").rglob("s*.txt"):
         row = chx.loc[p.stem[1:]]
         text = p.read_text().lower()
-        for f in fx.CHEXPERT_FINDINGS:
+        for f in registry.CHEXPERT_FINDINGS:
             if row[f] == "1.0" and f != "No Finding":
                 total += 1
-                hits += fx.REPORT_FORMS[f][0][0] in text
+                hits += reports.REPORT_FORMS[f][0][0] in text
             if row["No Finding"] == "1.0":
                 assert "no acute" in text or "normal" in text or "clear" in text
     assert total > 20 and hits / total > 0.7
@@ -121,7 +124,7 @@ def test_nih14_layout(raw):
     df = pd.read_csv(d / "Data_Entry_2017_v2020.csv")
     assert len(df.columns) == 11
     labels = {lab for v in df["Finding Labels"] for lab in v.split("|")}
-    assert labels <= set(fx.NIH_FINDINGS) | {"No Finding"} and "No Finding" in labels
+    assert labels <= set(registry.NIH_FINDINGS) | {"No Finding"} and "No Finding" in labels
     assert any("|" in v for v in df["Finding Labels"])
     test = (d / "test_list.txt").read_text().split()
     trainval = (d / "train_val_list.txt").read_text().split()
@@ -135,19 +138,19 @@ def test_chexpert_layout_and_5x200_candidates(raw):
     root, _ = raw
     d = root / "chexpert"
     df = pd.read_csv(d / "CheXpert-v1.0-small" / "train.csv")
-    assert list(df.columns) == ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *fx.CHEXPERT_FINDINGS]
+    assert list(df.columns) == ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *registry.CHEXPERT_TABLE_ORDER]
     assert all((d / p).is_file() for p in df["Path"])
     pattern = r"CheXpert-v1\.0-small/train/patient\d{5}/study\d+/view\d_(frontal|lateral)\.jpg"
     assert df["Path"].str.fullmatch(pattern).all()
     assert set(df["Frontal/Lateral"]) == {"Frontal", "Lateral"}
-    values = df[list(fx.CHEXPERT_FINDINGS)]
+    values = df[list(registry.CHEXPERT_TABLE_ORDER)]
     arr = values.to_numpy().ravel()
     assert set(arr[~np.isnan(arr)].tolist()) <= {1.0, 0.0, -1.0}
     assert (values == -1).any().any() and values.isna().any().any()
     frontal = df[df["Frontal/Lateral"] == "Frontal"]
-    others = [f for f in fx.CHEXPERT_FINDINGS if f != "No Finding"]
+    others = [f for f in registry.CHEXPERT_TABLE_ORDER if f != "No Finding"]
     v = frontal[others].fillna(0)
-    for cls in fx.CHEXPERT_5X200:
+    for cls in registry.CHEXPERT_5X200_CLASSES:
         rest = [c for c in others if c != cls]
         assert ((v[cls] == 1) & (v[rest] == 0).all(axis=1)).sum() == SMALL.n_per_class
 
@@ -159,13 +162,13 @@ def _dicom_to_display(ds) -> np.ndarray:
     return 1 - arr if ds.PhotometricInterpretation == "MONOCHROME1" else arr
 
 
-@pytest.mark.parametrize("variant", range(len(fx.DICOM_VARIANTS)))
+@pytest.mark.parametrize("variant", range(len(dicom.DICOM_VARIANTS)))
 def test_dicom_variants_round_trip(tmp_path, variant):
     img = np.clip(np.linspace(0, 1, 24 * 24).reshape(24, 24) + 0.0, 0, 1)
     path = tmp_path / "x.dcm"
-    fx.write_dicom(path, img, variant, patient_id="p1", sop_uid="1.2.3.4", study_uid="1.2.3", series_uid="1.2.3.5")
+    dicom.write_dicom(path, img, variant, patient_id="p1", sop_uid="1.2.3.4", study_uid="1.2.3", series_uid="1.2.3.5")
     ds = pydicom.dcmread(path)
-    photometric, bits, stored, signed, slope, _ = fx.DICOM_VARIANTS[variant]
+    photometric, bits, stored, signed, slope, _ = dicom.DICOM_VARIANTS[variant]
     assert (ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation) == \
         (photometric, bits, stored, signed)
     assert ds.Rows == ds.Columns == 24 and ds.SOPInstanceUID == "1.2.3.4" and ds.file_meta.TransferSyntaxUID
@@ -182,8 +185,8 @@ def test_rsna_layout(raw):
     box_cols = ["x", "y", "width", "height"]
     assert neg[box_cols].isna().all().all() and pos[box_cols].notna().all().all()
     assert pos.patientId.value_counts().max() >= 2  # several boxes per patient
-    n = fx.images_per_class("rsna", SMALL)
-    assert n * fx.TEST_FRACTION["rsna"] >= SMALL.n_per_class
+    n = demo.images_per_class("rsna", SMALL)
+    assert n * demo.TEST_FRACTION["rsna"] >= SMALL.n_per_class
     assert df.patientId.nunique() == 2 * n and pos.patientId.nunique() == n
     size = 2 * SMALL.image_size
     assert ((pos.x >= 0) & (pos.x + pos.width <= size) & (pos.y + pos.height <= size)).all()
@@ -209,7 +212,7 @@ def test_siim_layout_and_rle(raw):
     df = pd.read_csv(d / "train-rle.csv", dtype=str)
     assert list(df.columns) == ["ImageId", " EncodedPixels"]
     enc = df[" EncodedPixels"].str.strip()
-    assert (enc == "-1").sum() == fx.images_per_class("siim", SMALL)
+    assert (enc == "-1").sum() == demo.images_per_class("siim", SMALL)
     assert df[enc != "-1"].ImageId.value_counts().max() >= 2  # several components = several rows
     paths = {p.stem: p for p in (d / "dicom-images-train").glob("*/*/*.dcm")}
     assert set(paths) == set(df.ImageId)
@@ -229,12 +232,12 @@ def test_rle_round_trip():
     rng = np.random.default_rng(0)
     for _ in range(20):
         mask = rng.random((17, 23)) < 0.3
-        assert np.array_equal(_decode_rle(fx.encode_rle(mask), 17, 23), mask)
-    assert fx.encode_rle(np.zeros((4, 4), bool)) == "-1"
+        assert np.array_equal(_decode_rle(demo.encode_rle(mask), 17, 23), mask)
+    assert demo.encode_rle(np.zeros((4, 4), bool)) == "-1"
     m = np.zeros((4, 4), bool)
     m[1:3, 0] = True  # column-major: pixels 1, 2
     m[0, 1] = True    # pixel 4
-    assert fx.encode_rle(m) == "1 2 1 1"
+    assert demo.encode_rle(m) == "1 2 1 1"
 
 
 def test_mhist_layout(raw):
@@ -264,7 +267,7 @@ def test_lc25000_layout(raw):
 
 def test_histopathology_classes_differ_in_colour():
     rng = np.random.default_rng(0)
-    means = {c: np.mean([fx.render_histo(32, c, rng).mean(axis=(0, 1)) for _ in range(8)], axis=0)
+    means = {c: np.mean([painters.render_histo(32, c, rng).mean(axis=(0, 1)) for _ in range(8)], axis=0)
              for c in ("lung_aca", "lung_n", "lung_scc")}
     assert min(np.abs(means[a] - means[b]).max() for a in means for b in means if a < b) > 3
 
@@ -287,14 +290,14 @@ def test_findings_transfer_from_mimic_to_chexpert(raw):
         study = d / "files" / f"p{rec.subject_id[:2]}" / f"p{rec.subject_id}" / f"s{rec.study_id}"
         path = study / f"{rec.dicom_id}.jpg"
         xs.append(np.append(_pixels(path), 1.0))
-        ys.append([row[c] == "1.0" for c in fx.CHEXPERT_5X200])
+        ys.append([row[c] == "1.0" for c in registry.CHEXPERT_5X200_CLASSES])
     x, y = np.array(xs), np.array(ys, dtype=np.float64)
     w = np.linalg.solve(x.T @ x + np.eye(x.shape[1]), x.T @ y)  # ridge regression
     df = pd.read_csv(root / "chexpert" / "CheXpert-v1.0-small" / "train.csv")
     frontal = df[df["Frontal/Lateral"] == "Frontal"]
-    others = [f for f in fx.CHEXPERT_FINDINGS if f != "No Finding"]
+    others = [f for f in registry.CHEXPERT_TABLE_ORDER if f != "No Finding"]
     correct = total = 0
-    for k, cls in enumerate(fx.CHEXPERT_5X200):
+    for k, cls in enumerate(registry.CHEXPERT_5X200_CLASSES):
         rest = [c for c in others if c != cls]
         sel = frontal[(frontal[cls] == 1) & (frontal[rest].fillna(0) == 0).all(axis=1)]
         for p in sel.Path:
@@ -310,17 +313,17 @@ def test_demo_reports_fit_the_tiny_context(raw):
         text = p.read_text()
         body = " ".join(text.split("FINDINGS:")[-1].split()) if "FINDINGS:" in text else text.split("IMPRESSION:")[1]
         body = body.replace("IMPRESSION:", " ")
-        lengths.append(len(fx.basic_tokens(body)) + 2)
+        lengths.append(len(basic_tokens(body)) + 2)
     assert np.mean(np.array(lengths) <= 40) > 0.95
 
 
 def test_vocabulary_file_is_current_and_covers_demo_text(raw, tmp_path):
     import transformers
-    vocab = fx.demo_vocabulary()
+    vocab = demo_vocabulary()
     assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and len(set(vocab)) == len(vocab)
-    shipped = fx.TINY_VOCAB_FILE.read_text().splitlines()
-    assert shipped == vocab, "ace_lora/assets/tiny_vocab.txt is stale: run ace_lora.data.fixtures.write_vocab()"
-    folder = fx.write_tokenizer(tmp_path / "tok")
+    shipped = TINY_VOCAB_FILE.read_text().splitlines()
+    assert shipped == vocab, "ace_lora/assets/tiny_vocab.txt is stale: run ace_lora.demo.vocab.write_demo_vocab()"
+    folder = write_tokenizer(tmp_path / "tok")
     by_folder = transformers.BertTokenizerFast.from_pretrained(str(folder))
     by_vocab = transformers.BertTokenizerFast(vocab={t: i for i, t in enumerate(shipped)}, do_lower_case=True)
     root, _ = raw
@@ -342,5 +345,5 @@ def test_demo_generation_is_fast(tmp_path):
     import time
 
     start = time.perf_counter()
-    fx.write_fixture("mimic", tmp_path / "m", DemoConfig(n_train=200, image_size=64))
+    demo.write_fixture("mimic", tmp_path / "m", DemoConfig(n_train=200, image_size=64))
     assert time.perf_counter() - start < 10  # ~0.5 s; the default 2,000 pairs take a few seconds

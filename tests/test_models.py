@@ -279,7 +279,7 @@ def test_tokenizer_pads_and_truncates(vocab):
 def test_missing_tiny_vocab_or_tokenizer_is_a_clear_error(monkeypatch, tmp_path):
     from ace_lora.models import ace_lora as module
 
-    monkeypatch.setattr(module, "TINY_VOCAB", tmp_path / "absent.txt")
+    monkeypatch.setattr(module, "TINY_VOCAB_FILE", tmp_path / "absent.txt")
     with pytest.raises(FileNotFoundError, match="tiny_vocab|model.tokenizer"):
         build_model(ModelConfig(preset="tiny"))
 
@@ -375,9 +375,9 @@ def test_tokenizer_from_a_vocab_file(vocab):
 
 
 def test_default_tiny_vocabulary_is_shipped():
-    from ace_lora.models.ace_lora import TINY_VOCAB
+    from ace_lora.models.tokenizer import TINY_VOCAB_FILE
 
-    assert TINY_VOCAB.is_file(), "the tiny preset's vocabulary ships with the package"
+    assert TINY_VOCAB_FILE.is_file(), "the tiny preset's vocabulary ships with the package"
     model = build_model(ModelConfig(preset="tiny"))
     ids, mask = model.tokenize(["no acute findings ."])
     assert ids.shape == (1, 40) and ids[0, 0] == model.tokenizer.cls_token_id and mask.sum() >= 3

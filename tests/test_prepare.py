@@ -396,10 +396,10 @@ def test_prepare_gzip_nih_table(tmp_path):
 @pytest.mark.parametrize("name", list(RAW))
 def test_prepare_demo_fixture(tmp_path, name):
     from ace_lora.config import DemoConfig
-    from ace_lora.data import fixtures
+    from ace_lora.demo import write_fixture
 
     demo = DemoConfig(seed=1, n_train=12, n_per_class=4, image_size=32)
-    summary = fixtures.write_fixture(name, tmp_path / "raw" / name, demo)
+    summary = write_fixture(name, tmp_path / "raw" / name, demo)
     report = prepare_dataset(name, tmp_path / "raw", tmp_path / "out" / name, cfg(), workers=2)
     manifest = pd.read_csv(tmp_path / "out" / name / "manifest.csv", keep_default_na=False, dtype={"patient_id": str})
     assert list(manifest.columns) == BASE_COLUMNS + EXTRA_COLUMNS[name] and report["skipped"]["count"] == 0
@@ -502,10 +502,10 @@ def test_skipping_one_rsna_patient_moves_no_other(tmp_path):
 @pytest.mark.parametrize("name", ["rsna", "siim"])
 def test_ci_demo_test_splits_hold_both_classes(tmp_path, name):
     from ace_lora.config import DemoConfig
-    from ace_lora.data import fixtures
+    from ace_lora.demo import write_fixture
 
     demo = DemoConfig(n_train=192, n_per_class=8)  # the demo of tests/test_workflow.py
-    fixtures.write_fixture(name, tmp_path / "raw" / name, demo)
+    write_fixture(name, tmp_path / "raw" / name, demo)
     report = prepare_dataset(name, tmp_path / "raw", tmp_path / "out", cfg(), workers=2)
     test = report["counts"]["classes"]["test"]
     assert len(test) == 2 and min(test.values()) >= 3, test

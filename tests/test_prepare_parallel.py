@@ -12,8 +12,9 @@ from PIL import Image
 from ace_lora.config import DataConfig, DemoConfig
 from ace_lora.data import prepare as P
 from ace_lora.data import prepare_dataset
-from ace_lora.data.fixtures import render_chest, write_fixture
 from ace_lora.data.readers import DRAFT_FACTOR, BadInputError, read_image
+from ace_lora.demo import write_fixture
+from ace_lora.demo.painters import render_chest
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -313,15 +313,15 @@ def test_readers_nih_unknown_finding_names_row(tmp_path):
 
 def test_readers_decode_every_demo_dicom_encoding(tmp_path):
     """The demo fixtures' DICOM encodings (8/12/16 bit, signed, rescaled, MONOCHROME1) all decode to the picture."""
-    from ace_lora.data import fixtures
+    from ace_lora.demo import dicom
     img = np.random.default_rng(0).random((12, 10))
     img[0, 0], img[-1, -1] = 0.0, 1.0  # span the full range (min-max display of the 8-bit variants)
-    for variant in range(len(fixtures.DICOM_VARIANTS)):
+    for variant in range(len(dicom.DICOM_VARIANTS)):
         path = tmp_path / f"v{variant}.dcm"
-        fixtures.write_dicom(path, img, variant, patient_id="p", sop_uid="1.2.3", study_uid="1.2.4",
+        dicom.write_dicom(path, img, variant, patient_id="p", sop_uid="1.2.3", study_uid="1.2.4",
                              series_uid="1.2.5")
         out = read_dicom(path).astype(int)
-        assert np.abs(out - np.rint(img * 255)).max() <= 2, fixtures.DICOM_VARIANTS[variant]
+        assert np.abs(out - np.rint(img * 255)).max() <= 2, dicom.DICOM_VARIANTS[variant]
 
 
 # ------------------------------------------------------------------------------ hostile and conflicting input

@@ -388,7 +388,8 @@ def prepare_tiny_data(base: Path, n_train: int = 32, n_per_class: int = 8) -> Pa
     """Synthetic MIMIC pairs + NIH validation images, prepared as the pipeline does, and the demo tokenizer."""
     from ace_lora.config import DataConfig, DemoConfig
     from ace_lora.data import prepare_dataset
-    from ace_lora.data.fixtures import write_fixture, write_tokenizer
+    from ace_lora.demo import write_fixture
+    from ace_lora.models.tokenizer import write_tokenizer
 
     demo = DemoConfig(n_train=n_train, n_per_class=n_per_class)
     for name in ("mimic", "nih14"):

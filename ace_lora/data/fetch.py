@@ -35,9 +35,10 @@ from pathlib import Path
 import requests
 
 from ace_lora.config import DataConfig, to_dict
-from ace_lora.data.fixtures import DATASETS, FIXTURE_VERSION, write_fixture
 from ace_lora.data.readers import BadInputError, read_table, safe_name
+from ace_lora.demo import FIXTURE_VERSION, write_fixture
 from ace_lora.io import atomic_dir, within
+from ace_lora.registry import DATASETS
 
 __all__ = ["FetchError", "DownloadError", "fetch_dataset", "verify_layout", "download", "fingerprint_files",
            "redact_url", "SOURCES", "LAYOUTS"]

@@ -28,9 +28,8 @@ from ace_lora.models.biomedclip import (
 from ace_lora.models.hgnn import AceHgnn
 from ace_lora.models.lora import apply_lora_to_bert, apply_lora_to_vit, lora_modules, merge_lora, unmerge_lora
 from ace_lora.models.presets import DEFAULT_LOG_LOGIT_SCALE, ModelPreset, get_preset
-from ace_lora.models.tokenizer import load_tokenizer, tokenize
+from ace_lora.models.tokenizer import TINY_VOCAB_FILE, load_tokenizer, tokenize
 
-TINY_VOCAB = Path(__file__).resolve().parent.parent / "assets" / "tiny_vocab.txt"
 _LORA_SEED_OFFSET = 1  # LoRA A and HGNN weights draw from generators seeded apart from the towers'
 _HGNN_SEED_OFFSET = 2
 
@@ -221,10 +220,10 @@ def _resolve_tokenizer(model_cfg: ModelConfig, tokenizer):
         if model_cfg.checkpoint is not None:
             source = resolve_tokenizer_source(model_cfg.checkpoint)
         elif model_cfg.preset == "tiny":
-            if not TINY_VOCAB.is_file():
-                raise FileNotFoundError(f"the tiny preset's vocabulary {TINY_VOCAB} is missing (written by the data "
-                                        "package); pass model.tokenizer (a folder or vocab.txt) instead")
-            source = TINY_VOCAB
+            if not TINY_VOCAB_FILE.is_file():
+                raise FileNotFoundError(f"the tiny preset's vocabulary {TINY_VOCAB_FILE} is missing (it ships with "
+                                        "the package); pass model.tokenizer (a folder or vocab.txt) instead")
+            source = TINY_VOCAB_FILE
         else:
             raise ValueError(f"model.tokenizer: preset {model_cfg.preset!r} without a checkpoint needs a tokenizer "
                              "folder (vocab.txt); the BiomedCLIP one is in the checkpoint folder / hub repo")

@@ -1,6 +1,10 @@
-"""BERT WordPiece tokenisation to a fixed context length (docs/method.md#base-model).
+"""BERT WordPiece tokenisation to a fixed context length (docs/method.md#base-model), and WordPiece vocabularies.
 
 Texts of the BiomedCLIP preset are cleaned first as open_clip's BiomedCLIP tokenizer does (``clean_text``).
+
+The tiny preset's vocabulary ships as :data:`TINY_VOCAB_FILE` (one token a line, [PAD] = 0). It is derived from the
+demo's texts by :mod:`ace_lora.demo.vocab` with :func:`basic_tokens` and written with :func:`write_vocab`;
+:func:`write_tokenizer` turns a vocabulary into a ``from_pretrained`` folder.
 
 With transformers 5 a WordPiece tokenizer is built with ``BertTokenizerFast.from_pretrained(folder)``: a
 ``vocab_file=`` argument is silently ignored there, so a bare ``vocab.txt`` is passed through ``vocab=`` instead.
@@ -9,11 +13,19 @@ With transformers 5 a WordPiece tokenizer is built with ``BertTokenizerFast.from
 from __future__ import annotations
 
 import html
+import json
+import re
 from pathlib import Path
 
 import torch
 
 PAD_ID = 0  # BERT vocabularies put [PAD] first; the attention mask is ids != PAD_ID
+#: BERT's special tokens, the first entries of every vocabulary written here ([PAD] = :data:`PAD_ID`).
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+#: The shipped vocabulary of the tiny preset (one token a line, [PAD] = 0); regenerate it with
+#: :func:`ace_lora.demo.vocab.write_demo_vocab`.
+TINY_VOCAB_FILE = Path(__file__).resolve().parent.parent / "assets" / "tiny_vocab.txt"
+_TOKEN = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
 
 
 def load_tokenizer(source: str | Path):
@@ -75,3 +87,31 @@ def tokenize(tokenizer, texts: str | list[str], context_length: int,
                     return_tensors="pt", return_token_type_ids=False, return_attention_mask=False)
     ids = out["input_ids"].long()
     return ids, (ids != PAD_ID).long()
+
+
+# ------------------------------------------------------------------------------------------------ vocabularies
+
+
+def basic_tokens(text: str) -> list[str]:
+    """Lower-cased words and single punctuation characters (BERT's basic tokenizer on ASCII text)."""
+    return _TOKEN.findall(text.lower())
+
+
+def write_vocab(path: Path, vocab: list[str]) -> Path:
+    """Write ``vocab`` as ``vocab.txt``-style text (one token a line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{tok}\n" for tok in vocab))
+    return path
+
+
+def write_tokenizer(out_dir: Path, vocab: list[str] | None = None) -> Path:
+    """Write a ``BertTokenizerFast.from_pretrained``-loadable folder (vocab.txt + tokenizer_config.json) holding
+    ``vocab`` (default: the tiny preset's shipped vocabulary, :data:`TINY_VOCAB_FILE`)."""
+    out_dir = Path(out_dir)
+    write_vocab(out_dir / "vocab.txt", vocab or TINY_VOCAB_FILE.read_text().splitlines())
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True,
+              "strip_accents": None, "model_max_length": 40, "pad_token": "[PAD]", "unk_token": "[UNK]",
+              "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir
