@@ -25,6 +25,8 @@ DOMAINS = ("chest", "histopathology")
 #: official list (``list_head``: NIH's validation images), everything one split (``single``), or a seeded hash of
 #: the patient id over ``fractions`` (``patient_hash``).
 SPLIT_RULES = ("official", "list_head", "single", "patient_hash")
+#: How ``fetch`` may download a data set's real data (:class:`Source`); ``None``: manual download only.
+DOWNLOADS = ("kaggle", "url", "physionet", None)
 
 
 class RegistryError(ValueError):
@@ -83,12 +85,24 @@ class Table:
 @dataclass(frozen=True)
 class Source:
     """Where the real data comes from: what to get and from where (every "missing data" message says both), and
-    how ``fetch`` may download it: ``kaggle`` (the Kaggle CLI arguments), or extra ``urls`` (name -> URL)."""
+    how ``fetch`` may download it (``download``, one of :data:`DOWNLOADS`): ``kaggle`` runs the Kaggle CLI with the
+    arguments ``kaggle``; ``url`` downloads the zip archive at ``data.urls.<name>`` (else the Kaggle CLI, when
+    ``kaggle`` is given); ``physionet`` downloads MIMIC-CXR-JPG's tables and frontal images below ``urls["jpg_base"]``
+    and the reports archive ``urls["reports"]`` with a credentialed account; ``None``: a manual download only."""
 
     what: str
     where: str
     kaggle: tuple[str, ...] = ()
     urls: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    download: str | None = None
+
+    def __post_init__(self):
+        if self.download not in DOWNLOADS:
+            raise RegistryError(f"source {self.what!r}: download {self.download!r} is not one of {DOWNLOADS}")
+        if self.download == "kaggle" and not self.kaggle:
+            raise RegistryError(f"source {self.what!r}: a kaggle download needs the Kaggle CLI arguments")
+        if self.download == "physionet" and not {"jpg_base", "reports"} <= set(self.urls):
+            raise RegistryError(f"source {self.what!r}: a physionet download needs urls jpg_base and reports")
 
 
 @dataclass(frozen=True)
@@ -239,7 +253,8 @@ _MIMIC = Dataset(
         where="https://physionet.org/content/mimic-cxr-jpg/2.1.0/ and https://physionet.org/content/mimic-cxr/2.1.0/ "
               "(credentialed PhysioNet account + signed DUA)",
         urls=MappingProxyType({"jpg_base": "https://physionet.org/files/mimic-cxr-jpg/2.1.0/",
-                               "reports": "https://physionet.org/files/mimic-cxr/2.1.0/mimic-cxr-reports.zip"})),
+                               "reports": "https://physionet.org/files/mimic-cxr/2.1.0/mimic-cxr-reports.zip"}),
+        download="physionet"),
     split=Split("official", names=MappingProxyType({"train": "train", "validate": "val", "test": "test"})),
     findings=CHEXPERT_FINDINGS,
     benchmarks=(
@@ -278,8 +293,7 @@ _CHEXPERT = Dataset(
         where="https://stanfordaimi.azurewebsites.net/datasets/8cbd9ed4-2eb9-4565-affc-111cf4f7ebe2 (Stanford AIMI, "
               "free account + research use agreement)"),
     split=Split("single", value="test"),
-    findings=CHEXPERT_FINDINGS,
-    benchmarks=(
+    benchmarks=(  # no findings: its manifest has one class label (its train.csv has CHEXPERT_TABLE_ORDER's columns)
         Benchmark("chexpert5x200", "multiclass", CHEXPERT_5X200_CLASSES,
                   {c: _CHEXPERT_PHRASES[c] for c in CHEXPERT_5X200_CLASSES},
                   description="CheXpert 5x200 zero-shot classification (GLoRIA/MGCA protocol)"),
@@ -294,7 +308,7 @@ _RSNA = Dataset(
     source=Source(
         what="RSNA Pneumonia Detection Challenge: stage_2_train_labels.csv and stage_2_train_images/*.dcm",
         where="https://www.kaggle.com/c/rsna-pneumonia-detection-challenge (accept the rules)",
-        kaggle=("competitions", "download", "-c", "rsna-pneumonia-detection-challenge")),
+        kaggle=("competitions", "download", "-c", "rsna-pneumonia-detection-challenge"), download="kaggle"),
     split=Split("patient_hash", fractions=MappingProxyType({"train": 0.70, "val": 0.15, "test": 0.15})),
     benchmarks=(
         Benchmark("rsna", "binary", ("Normal", "Pneumonia"), _pair("Normal", "Pneumonia", pneumonia="pneumonia"),
@@ -316,7 +330,8 @@ _SIIM = Dataset(
         what="SIIM-ACR Pneumothorax: train-rle.csv (or stage_2_train.csv) and "
              "dicom-images-train/<study>/<series>/<ImageId>.dcm",
         where="https://www.kaggle.com/datasets/jesperdramsch/siim-acr-pneumothorax-segmentation-data",
-        kaggle=("datasets", "download", "-d", "jesperdramsch/siim-acr-pneumothorax-segmentation-data")),
+        kaggle=("datasets", "download", "-d", "jesperdramsch/siim-acr-pneumothorax-segmentation-data"),
+        download="kaggle"),
     split=Split("patient_hash", fractions=MappingProxyType({"train": 0.60, "val": 0.10, "test": 0.30})),
     benchmarks=(
         Benchmark("siim", "binary", ("Normal", "Pneumothorax"),
@@ -338,7 +353,8 @@ _MHIST = Dataset(
                   where="https://bmirds.github.io/MHIST/ (request form; the download link arrives by e-mail)"),
     split=Split("official", names=MappingProxyType({"train": "train", "test": "test"})),
     benchmarks=(
-        Benchmark("mhist", "binary", ("HP", "SSA"), {"HP": ("hyperplastic polyp",), "SSA": ("sessile serrated adenoma",)},
+        Benchmark("mhist", "binary", ("HP", "SSA"),
+                  {"HP": ("hyperplastic polyp",), "SSA": ("sessile serrated adenoma",)},
                   domain="histopathology", positive="SSA",
                   description="MHIST test partition, hyperplastic polyp vs sessile serrated adenoma"),
     ),
@@ -358,7 +374,8 @@ _LC25000 = Dataset(
         where="https://github.com/tampapath/lung_colon_image_set (academictorrents) or Kaggle "
               "andrewmvd/lung-and-colon-cancer-histopathological-images; or set data.urls.lc25000 to a mirror of "
               "LC25000.zip",
-        kaggle=("datasets", "download", "-d", "andrewmvd/lung-and-colon-cancer-histopathological-images")),
+        kaggle=("datasets", "download", "-d", "andrewmvd/lung-and-colon-cancer-histopathological-images"),
+        download="url"),
     split=Split("single", value="test"),
     benchmarks=(
         Benchmark("lc25000_lung", "multiclass", ("lung_aca", "lung_n", "lung_scc"),

@@ -29,6 +29,7 @@ from PIL import Image, ImageFilter
 
 from ace_lora.data import prepare as P
 from ace_lora.data import readers
+from ace_lora.data.collectors import Issues, Item
 from ace_lora.demo.dicom import write_dicom
 from ace_lora.demo.painters import render_chest
 from ace_lora.io import atomic_write_json
@@ -37,7 +38,7 @@ MIMIC_IMAGES = 377_110
 TARGET_CORES = 16
 
 
-def _sources(root: Path, n: int, jpeg: tuple[int, int], dicom: int) -> dict[str, list[P._Item]]:
+def _sources(root: Path, n: int, jpeg: tuple[int, int], dicom: int) -> dict[str, list[Item]]:
     rng = np.random.default_rng(0)
     width, height = jpeg
     chest, _ = render_chest(max(width, height, dicom), {"Cardiomegaly": 1.0, "Pleural Effusion": 1.0}, rng)
@@ -45,21 +46,21 @@ def _sources(root: Path, n: int, jpeg: tuple[int, int], dicom: int) -> dict[str,
     # (PhysioNet lists 570 GB for its 377,110 JPEGs: 1.5 MB); decoding time grows with the compressed size
     smooth = np.asarray(Image.fromarray((chest[:height, :width] * 255).astype(np.uint8)).filter(
         ImageFilter.GaussianBlur(2)), dtype=np.float64)
-    items: dict[str, list[P._Item]] = {"jpeg": [], "dicom": []}
+    items: dict[str, list[Item]] = {"jpeg": [], "dicom": []}
     for i in range(n):
         arr = smooth + rng.normal(0, 2, (height, width))
         path = root / f"mimic_{i}.jpg"
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, quality=95)
-        items["jpeg"].append(P._Item(path, f"images/mimic_{i}.png", {}))
+        items["jpeg"].append(Item(path, f"images/mimic_{i}.png", {}))
         img = np.clip(chest[:dicom, :dicom] + rng.normal(0, 0.01, (dicom, dicom)), 0, 1)
         path = root / f"rsna_{i}.dcm"
         write_dicom(path, img, variant=i, patient_id=f"p{i}", sop_uid=f"1.2.3.{i}", study_uid=f"1.2.4.{i}",
                     series_uid=f"1.2.5.{i}")
-        items["dicom"].append(P._Item(path, f"images/rsna_{i}.png", {}))
+        items["dicom"].append(Item(path, f"images/rsna_{i}.png", {}))
     return items
 
 
-def _per_image_s(items: list[P._Item], out: Path, size: int, draft: bool) -> float:
+def _per_image_s(items: list[Item], out: Path, size: int, draft: bool) -> float:
     """Median CPU seconds of the stage's per-image function (decode + resize + PNG write) in this process: the
     one-core cost, which other jobs on a shared machine change much less than the wall time."""
     saved = readers.DRAFT_FACTOR
@@ -76,13 +77,13 @@ def _per_image_s(items: list[P._Item], out: Path, size: int, draft: bool) -> flo
     return statistics.median(times)
 
 
-def _parallel_rate(items: list[P._Item], out: Path, size: int, workers: int) -> float:
+def _parallel_rate(items: list[Item], out: Path, size: int, workers: int) -> float:
     """Images/s of the stage's map over ``workers`` processes (pool start-up included), items repeated so that each
     worker gets 32 at least (the stage's minimum per worker)."""
     batch = (items * (1 + 32 * workers // len(items)))[: max(32 * workers, len(items))]
-    batch = [P._Item(it.source, f"images/{k}.png", {}) for k, it in enumerate(batch)]
+    batch = [Item(it.source, f"images/{k}.png", {}) for k, it in enumerate(batch)]
     start = time.perf_counter()
-    rows = P._run(batch, out, size, P._Issues("error", out), workers, "bench")
+    rows = P._run(batch, out, size, Issues("error", out), workers, "bench")
     seconds = time.perf_counter() - start
     assert len(rows) == len(batch)
     return len(batch) / seconds

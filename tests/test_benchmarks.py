@@ -6,10 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ace_lora.data import CHEXPERT_FINDINGS, NIH_FINDINGS, prepare_dataset
+from ace_lora.data import CHEXPERT_FINDINGS, DATASETS, NIH_FINDINGS, prepare_dataset
 from ace_lora.data.benchmarks import BENCHMARKS, BenchmarkError, benchmarks_of, load_benchmark, load_boxes
 from ace_lora.data.dataset import ImageDataset, PairDataset
-from ace_lora.data.prepare import DATASETS
 from test_prepare import RAW, cfg
 
 EXPECTED = {  # name: (dataset, task, classes, domain, split)
@@ -20,7 +19,7 @@ EXPECTED = {  # name: (dataset, task, classes, domain, split)
     "mhist": ("mhist", "binary", ["HP", "SSA"], "histopathology", "test"),
     "lc25000_lung": ("lc25000", "multiclass", ["lung_aca", "lung_n", "lung_scc"], "histopathology", "test"),
     "lc25000_colon": ("lc25000", "binary", ["colon_aca", "colon_n"], "histopathology", "test"),
-    "nih14": ("nih14", "multilabel", NIH_FINDINGS, "chest", "val"),
+    "nih14": ("nih14", "multilabel", list(NIH_FINDINGS), "chest", "val"),
     "siim_seg": ("siim", "segmentation", ["Normal", "Pneumothorax"], "chest", "test"),
     "rsna_det": ("rsna", "detection", ["Normal", "Pneumonia"], "chest", "test"),
 }

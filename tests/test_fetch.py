@@ -20,7 +20,6 @@ from ace_lora import demo, registry
 from ace_lora.config import DataConfig, DemoConfig
 from ace_lora.data.fetch import (
     FIXTURE_MARKER,
-    SOURCES,
     DownloadError,
     FetchError,
     download,
@@ -29,6 +28,7 @@ from ace_lora.data.fetch import (
     redact_url,
     verify_layout,
 )
+from ace_lora.registry import DATASETS
 
 TINY = DemoConfig(seed=1, n_train=12, n_per_class=3, image_size=16)
 
@@ -229,7 +229,7 @@ def test_real_mode_missing_data_says_what_and_where(tmp_path, monkeypatch, name)
     with pytest.raises(FetchError) as err:
         fetch_dataset(name, tmp_path / "raw", DataConfig(source="real"))
     msg = str(err.value)
-    assert SOURCES[name]["where"].split()[0] in msg and str(tmp_path / "raw" / name) in msg
+    assert DATASETS[name].source.where.split()[0] in msg and str(tmp_path / "raw" / name) in msg
     extra = {"rsna": "KAGGLE_USERNAME", "siim": "KAGGLE_USERNAME", "mimic": "PHYSIONET_USERNAME",
              "lc25000": "data.urls.lc25000"}.get(name, "cannot be downloaded automatically")
     assert extra in msg

@@ -181,7 +181,7 @@ def prepared(tmp_path_factory):
 
 
 BASE_COLUMNS = ["image", "split", "patient_id", "study_id", "orig_width", "orig_height"]
-EXTRA_COLUMNS = {"mimic": [*CHEXPERT_FINDINGS, "text"], "nih14": NIH_FINDINGS, "chexpert": ["label"],
+EXTRA_COLUMNS = {"mimic": [*CHEXPERT_FINDINGS, "text"], "nih14": [*NIH_FINDINGS], "chexpert": ["label"],
                  "rsna": ["label"], "siim": ["label", "mask"], "mhist": ["label"], "lc25000": ["label", "organ"]}
 
 
@@ -226,7 +226,24 @@ def test_prepare_nih14_validation_is_first_fifth_of_test_list_patient_disjoint(p
     assert not set(val["patient_id"]) & set(test["patient_id"])
     row = manifest[manifest["image"] == "images/00000004_001.png"].iloc[0]
     finding = "Cardiomegaly|Effusion".split("|")
-    assert all(row[c] == 1 for c in finding) and row[NIH_FINDINGS].sum() == 2
+    assert all(row[c] == 1 for c in finding) and row[list(NIH_FINDINGS)].sum() == 2
+
+
+def test_gzipped_nih_table_passes_fetch_and_prepares(tmp_path):
+    """fetch and prepare find the NIH Data_Entry table by the same names (the registry's), gzipped ones included."""
+    from ace_lora.data.fetch import verify_layout
+
+    raw_nih14(tmp_path / "plain")
+    prepare_dataset("nih14", tmp_path / "plain", tmp_path / "out_plain", cfg())
+    d = raw_nih14(tmp_path / "raw")
+    table = d / "Data_Entry_2017_v2020.csv"
+    (d / "Data_Entry_2017_v2020.csv.gz").write_bytes(gzip.compress(table.read_bytes()))
+    table.unlink()
+    record = verify_layout("nih14", d)
+    assert record["tables"] == {"labels": "Data_Entry_2017_v2020.csv.gz", "test_list": "test_list.txt"}
+    report = prepare_dataset("nih14", tmp_path / "raw", tmp_path / "out", cfg())
+    assert report["counts"]["images"] == 10 and report["skipped"]["count"] == 0
+    assert (tmp_path / "out" / "manifest.csv").read_bytes() == (tmp_path / "out_plain" / "manifest.csv").read_bytes()
 
 
 def test_prepare_chexpert_5x200(prepared):
@@ -472,9 +489,9 @@ def test_prepare_twice_gives_identical_bytes(tmp_path, name):
 
 
 def test_chexpert_sample_has_its_own_seed(tmp_path, monkeypatch):
-    from ace_lora.data import prepare as prep
+    from ace_lora.data import collectors
 
-    monkeypatch.setattr(prep, "CHEXPERT_PER_CLASS", 2)  # 3 eligible per class: the sample depends on the seed
+    monkeypatch.setattr(collectors, "CHEXPERT_PER_CLASS", 2)  # 3 eligible per class: the sample depends on the seed
     raw_chexpert(tmp_path / "raw")
 
     def picked(**kw) -> list[str]:

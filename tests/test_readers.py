@@ -298,9 +298,9 @@ def test_readers_nih_real_table_labels():
     table = read_nih_table(xrv_data_dir() / "Data_Entry_2017_v2020.csv.gz")
     assert len(table) == 112_120
     no_finding = table["Finding Labels"] == "No Finding"
-    assert (table.loc[no_finding, NIH_FINDINGS] == 0).all().all()
+    assert (table.loc[no_finding, list(NIH_FINDINGS)] == 0).all().all()
     row = table[table["Finding Labels"] == "Cardiomegaly|Emphysema"].iloc[0]
-    assert row["Cardiomegaly"] == 1 and row["Emphysema"] == 1 and row[NIH_FINDINGS].sum() == 2
+    assert row["Cardiomegaly"] == 1 and row["Emphysema"] == 1 and row[list(NIH_FINDINGS)].sum() == 2
 
 
 def test_readers_nih_unknown_finding_names_row(tmp_path):

@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
-from ace_lora.data.prepare import DATASETS, prepare_dataset
-from ace_lora.data.readers import CHEXPERT_5X200_CLASSES, CHEXPERT_FINDINGS, NIH_FINDINGS, BadInputError
+from ace_lora.data.prepare import prepare_dataset
+from ace_lora.data.readers import BadInputError
+from ace_lora.registry import CHEXPERT_5X200_CLASSES, CHEXPERT_FINDINGS, DATASET_NAMES, NIH_FINDINGS
+
+DATASETS = DATASET_NAMES  # the data set names, in pipeline order
 
 __all__ = ["CHEXPERT_5X200_CLASSES", "CHEXPERT_FINDINGS", "DATASETS", "NIH_FINDINGS", "BadInputError",
            "fetch_dataset", "prepare_dataset"]

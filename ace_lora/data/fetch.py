@@ -1,11 +1,13 @@
 """The ``fetch`` stage: put a data set's raw files into ``{raw}/<name>/`` in its distributed layout
 (docs/method.md#data-sets).
 
-``data.source: demo`` generates the synthetic fixture (:mod:`ace_lora.data.fixtures`) atomically and skips the
+``data.source: demo`` generates the synthetic fixture (:mod:`ace_lora.demo`) atomically and skips the
 work when a complete one with the same settings exists. ``data.source: real`` verifies data already in place,
-or downloads what can be downloaded: LC25000 from a URL (``data.urls.lc25000``) or Kaggle, RSNA and SIIM with
-the Kaggle CLI, MIMIC-CXR-JPG and its reports from PhysioNet with a credentialed account. CheXpert and MHIST
-need a request form: the error says what to get, from where, and where to put it.
+or downloads what can be downloaded, as the registry's ``source.download`` says (:mod:`ace_lora.registry`):
+LC25000 from a URL (``data.urls.lc25000``) or Kaggle, RSNA and SIIM with the Kaggle CLI, MIMIC-CXR-JPG and its
+reports from PhysioNet with a credentialed account. CheXpert, MHIST and NIH ChestX-ray14 need a request form or a
+manual download: the error says what to get, from where (the registry's ``source``), and where to put it. The
+layout check reads the registry's ``tables``, ``files`` and ``folders``.
 
 Every path returns a *layout record*: data set, source, the label tables found with their sha256, file counts, and
 a fingerprint of every raw file (``files``: content sha256 by default, or size + mtime with ``data.raw_hash:
@@ -41,7 +43,7 @@ from ace_lora.io import atomic_dir, within
 from ace_lora.registry import DATASETS
 
 __all__ = ["FetchError", "DownloadError", "fetch_dataset", "verify_layout", "download", "fingerprint_files",
-           "redact_url", "SOURCES", "LAYOUTS"]
+           "redact_url"]
 
 FIXTURE_MARKER = ".fixture.json"
 log = logging.getLogger(__name__)
@@ -82,54 +84,6 @@ class FetchError(RuntimeError):
 
 class DownloadError(FetchError):
     """A download failed (HTTP error, checksum mismatch); nothing partial is left at the destination."""
-
-
-# What each data set needs in place: label tables (first matching name wins, found at any depth) and images.
-LAYOUTS: dict[str, dict] = {
-    "mimic": {"tables": {"metadata": ["mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv"],
-                         "split": ["mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-split.csv"],
-                         "chexpert": ["mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-chexpert.csv"]},
-              "files": {"images": (".jpg",), "reports": (".txt",)}},
-    "nih14": {"tables": {"labels": ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"],
-                         "test_list": ["test_list.txt"]},
-              "files": {"images": (".png",)}},
-    "chexpert": {"tables": {"labels": ["train.csv"]}, "files": {"images": (".jpg",)}},
-    "rsna": {"tables": {"labels": ["stage_2_train_labels.csv"]}, "files": {"images": (".dcm",)}},
-    "siim": {"tables": {"labels": ["train-rle.csv", "stage_2_train.csv"]}, "files": {"images": (".dcm",)}},
-    "mhist": {"tables": {"labels": ["annotations.csv"]}, "files": {"images": (".png",)}},
-    "lc25000": {"tables": {}, "files": {"images": (".jpeg", ".jpg")},
-                "folders": ["lung_aca", "lung_n", "lung_scc", "colon_aca", "colon_n"]},
-}
-
-# Where the real data comes from (used for downloads and in every "missing" message).
-SOURCES: dict[str, dict] = {
-    "mimic": {"what": "MIMIC-CXR-JPG 2.1.0 (images + the metadata/split/chexpert tables) and the MIMIC-CXR "
-                      "2.1.0 free-text reports (mimic-cxr-reports.zip)",
-              "where": "https://physionet.org/content/mimic-cxr-jpg/2.1.0/ and "
-                       "https://physionet.org/content/mimic-cxr/2.1.0/ (credentialed PhysioNet account + signed DUA)",
-              "jpg_base": "https://physionet.org/files/mimic-cxr-jpg/2.1.0/",
-              "reports_url": "https://physionet.org/files/mimic-cxr/2.1.0/mimic-cxr-reports.zip"},
-    "nih14": {"what": "NIH ChestX-ray14: Data_Entry_2017_v2020.csv, test_list.txt, train_val_list.txt and "
-                      "images_001 ... images_012 (each images_XXX/images/*.png)",
-              "where": "https://nihcc.app.box.com/v/ChestXray-NIHCC"},
-    "chexpert": {"what": "CheXpert-v1.0-small (train.csv + train/patient*/study*/view*.jpg)",
-                 "where": "https://stanfordaimi.azurewebsites.net/datasets/8cbd9ed4-2eb9-4565-affc-111cf4f7ebe2 "
-                          "(Stanford AIMI, free account + research use agreement)"},
-    "rsna": {"what": "RSNA Pneumonia Detection Challenge: stage_2_train_labels.csv and stage_2_train_images/*.dcm",
-             "where": "https://www.kaggle.com/c/rsna-pneumonia-detection-challenge (accept the rules)",
-             "kaggle": ["competitions", "download", "-c", "rsna-pneumonia-detection-challenge"]},
-    "siim": {"what": "SIIM-ACR Pneumothorax: train-rle.csv (or stage_2_train.csv) and "
-                     "dicom-images-train/<study>/<series>/<ImageId>.dcm",
-             "where": "https://www.kaggle.com/datasets/jesperdramsch/siim-acr-pneumothorax-segmentation-data",
-             "kaggle": ["datasets", "download", "-d", "jesperdramsch/siim-acr-pneumothorax-segmentation-data"]},
-    "mhist": {"what": "MHIST: annotations.csv and images/*.png (images.zip)",
-              "where": "https://bmirds.github.io/MHIST/ (request form; the download link arrives by e-mail)"},
-    "lc25000": {"what": "LC25000 (LC25000.zip -> lung_colon_image_set/{lung,colon}_image_sets/<class>/*.jpeg)",
-                "where": "https://github.com/tampapath/lung_colon_image_set (academictorrents) or Kaggle "
-                         "andrewmvd/lung-and-colon-cancer-histopathological-images; or set data.urls.lc25000 to a "
-                         "mirror of LC25000.zip",
-                "kaggle": ["datasets", "download", "-d", "andrewmvd/lung-and-colon-cancer-histopathological-images"]},
-}
 
 
 # ----------------------------------------------------------------------------------------- downloads
@@ -227,19 +181,20 @@ def _extract(archive: Path, into: Path) -> None:
 
 
 def verify_layout(name: str, root: str | Path) -> dict:
-    """Check ``root`` (= ``{raw}/<name>``) has the files of its distributed layout; returns the layout record.
+    """Check ``root`` (= ``{raw}/<name>``) has the files of its distributed layout (the registry's ``tables``,
+    ``files`` and ``folders`` of data set ``name``); returns the layout record.
 
     Raises :class:`FetchError` listing what is missing (and what to get, from where).
     """
-    if name not in LAYOUTS:
+    if name not in DATASETS:
         raise FetchError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(root)
     if not root.is_dir():
         raise FetchError(_missing_message(name, root, ["the data set folder"]))
-    layout = LAYOUTS[name]
-    wanted = {n for names in layout["tables"].values() for n in names}
+    dataset = DATASETS[name]
+    wanted = {n for table in dataset.tables for n in table.names}
     found_tables: dict[str, Path] = {}
-    counts = {kind: 0 for kind in layout["files"]}
+    counts = {kind: 0 for kind in dataset.files}
     folders: dict[str, int] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -250,20 +205,20 @@ def verify_layout(name: str, root: str | Path) -> dict:
                 if prev is None or len((here / fn).parts) < len(prev.parts):
                     found_tables[fn] = here / fn
             suffix = os.path.splitext(fn)[1].lower()
-            for kind, suffixes in layout["files"].items():
+            for kind, suffixes in dataset.files.items():
                 if suffix in suffixes:
                     counts[kind] += 1
-                    if here.name in layout.get("folders", ()):
+                    if here.name in dataset.folders:
                         folders[here.name] = folders.get(here.name, 0) + 1
     missing, tables = [], {}
-    for key, names in layout["tables"].items():
-        hit = next((found_tables[n] for n in names if n in found_tables), None)
+    for table in dataset.tables:
+        hit = next((found_tables[n] for n in table.names if n in found_tables), None)
         if hit is None:
-            missing.append(" or ".join(names))
+            missing.append(" or ".join(table.names))
         else:
-            tables[key] = hit
-    missing += [f"{kind} ({'/'.join(sfx)} files)" for kind, sfx in layout["files"].items() if counts[kind] == 0]
-    missing += [f"class folder {f}/ with images" for f in layout.get("folders", ()) if not folders.get(f)]
+            tables[table.key] = hit
+    missing += [f"{kind} ({'/'.join(sfx)} files)" for kind, sfx in dataset.files.items() if counts[kind] == 0]
+    missing += [f"class folder {f}/ with images" for f in dataset.folders if not folders.get(f)]
     if missing:
         raise FetchError(_missing_message(name, root, missing))
     record = {
@@ -305,9 +260,9 @@ def fingerprint_files(root: str | Path, mode: str = "content", workers: int | No
 
 
 def _missing_message(name: str, root: Path, missing: list[str]) -> str:
-    src = SOURCES[name]
+    src = DATASETS[name].source
     return (f"{root}: data set {name!r} is incomplete or absent (missing: {'; '.join(missing)}). "
-            f"Get {src['what']} from {src['where']} and unpack it into {root}/ (any nesting below it works), "
+            f"Get {src.what} from {src.where} and unpack it into {root}/ (any nesting below it works), "
             f"or set data.source: demo to use the synthetic demo data.")
 
 
@@ -346,8 +301,9 @@ def kaggle_credentials() -> bool:
     return (config_dir / "kaggle.json").is_file()
 
 
-def _fetch_kaggle(name: str, dest: Path) -> None:
-    src = SOURCES[name]
+def _fetch_kaggle(name: str, dest: Path, data_cfg: DataConfig) -> None:
+    """The Kaggle CLI download of the registry's ``source.kaggle`` arguments, unzipped into ``dest``."""
+    src = DATASETS[name].source
     if not kaggle_credentials():
         raise FetchError(_missing_message(name, dest, ["the data set folder"]) +
                          " To download it automatically, provide Kaggle credentials (KAGGLE_USERNAME and "
@@ -357,32 +313,35 @@ def _fetch_kaggle(name: str, dest: Path) -> None:
         raise FetchError(f"Kaggle credentials found but the `kaggle` command is not installed; run "
                          f"`pip install kaggle` and re-run `python -m ace_lora fetch {name}`.")
     with atomic_dir(dest) as tmp:
-        proc = subprocess.run([exe, *src["kaggle"], "-p", str(tmp)], capture_output=True, text=True)
+        proc = subprocess.run([exe, *src.kaggle, "-p", str(tmp)], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise FetchError(f"kaggle {' '.join(src['kaggle'])} failed (exit {proc.returncode}): "
+            raise FetchError(f"kaggle {' '.join(src.kaggle)} failed (exit {proc.returncode}): "
                              f"{(proc.stderr or proc.stdout).strip()[-800:]}. Check that you accepted the rules at "
-                             f"{src['where']}.")
+                             f"{src.where}.")
         for archive in sorted(tmp.glob("*.zip")):
             _extract(archive, tmp)
             archive.unlink()
         verify_layout(name, tmp)
 
 
-def _fetch_lc25000(dest: Path, data_cfg: DataConfig) -> None:
-    url = data_cfg.urls.get("lc25000")
+def _fetch_url(name: str, dest: Path, data_cfg: DataConfig) -> None:
+    """The zip archive at ``data.urls.<name>`` (checked against ``data.sha256.<name>`` when set), unzipped into
+    ``dest``; without a URL, the Kaggle download when the source has one and the Kaggle CLI can run."""
+    url = data_cfg.urls.get(name)
+    kaggle = bool(DATASETS[name].source.kaggle)
     if not url:
-        if kaggle_credentials() and shutil.which("kaggle"):
-            _fetch_kaggle("lc25000", dest)
+        if kaggle and kaggle_credentials() and shutil.which("kaggle"):
+            _fetch_kaggle(name, dest, data_cfg)
             return
-        raise FetchError(_missing_message("lc25000", dest, ["the data set folder"]) +
-                         " To download it automatically, set data.urls.lc25000 to a URL of LC25000.zip "
-                         "(optionally data.sha256.lc25000), or provide Kaggle credentials.")
-    name = Path(url.split("?")[0].split("#")[0]).name
-    archive = dest.parent / ".downloads" / (name if name not in ("", ".", "..") else "LC25000.zip")
-    download(url, archive, sha256=data_cfg.sha256.get("lc25000"))
+        raise FetchError(_missing_message(name, dest, ["the data set folder"]) +
+                         f" To download it automatically, set data.urls.{name} to a URL of its zip archive "
+                         f"(optionally data.sha256.{name}){', or provide Kaggle credentials' if kaggle else ''}.")
+    file_name = Path(url.split("?")[0].split("#")[0]).name
+    archive = dest.parent / ".downloads" / (file_name if file_name not in ("", ".", "..") else f"{name}.zip")
+    download(url, archive, sha256=data_cfg.sha256.get(name))
     with atomic_dir(dest) as tmp:
         _extract(archive, tmp)
-        verify_layout("lc25000", tmp)
+        verify_layout(name, tmp)
     archive.unlink()
 
 
@@ -391,23 +350,40 @@ def _physionet_auth() -> tuple[str, str] | None:
     return (user, password) if user and password else None
 
 
-def _fetch_mimic(dest: Path, data_cfg: DataConfig) -> None:
-    """Tables + reports + the frontal images listed in the metadata, over HTTP basic auth (like ``wget -r``).
+def _fetch_physionet(name: str, dest: Path, data_cfg: DataConfig) -> None:
+    """MIMIC-CXR-JPG from PhysioNet: its tables (the first registry name of each), the reports archive and the
+    frontal images listed in the metadata table, over HTTP basic auth (like ``wget -r``).
 
     Files already downloaded are kept, so an interrupted fetch resumes; the folder is complete only when
-    every listed file is present. ``data.urls.mimic`` / ``data.urls.mimic_reports`` override the PhysioNet URLs.
+    every listed file is present. ``data.urls.<name>`` / ``data.urls.<name>_reports`` override the registry's
+    ``jpg_base`` / ``reports`` URLs.
     """
     auth = _physionet_auth()  # sent only to the configured base URLs, never to a host a table names
     if auth is None:
-        raise FetchError(_missing_message("mimic", dest, ["the data set folder"]) + " To download it automatically, "
+        raise FetchError(_missing_message(name, dest, ["the data set folder"]) + " To download it automatically, "
                          "set PHYSIONET_USERNAME and PHYSIONET_PASSWORD for a credentialed PhysioNet account.")
-    base = data_cfg.urls.get("mimic", SOURCES["mimic"]["jpg_base"]).rstrip("/") + "/"
-    reports_url = data_cfg.urls.get("mimic_reports", SOURCES["mimic"]["reports_url"])
+    dataset = DATASETS[name]
+    base = data_cfg.urls.get(name, dataset.source.urls["jpg_base"]).rstrip("/") + "/"
+    reports_url = data_cfg.urls.get(f"{name}_reports", dataset.source.urls["reports"])
     work = dest.parent / f".{dest.name}.download"
-    for kind in ("metadata", "split", "chexpert"):
-        download(base + f"mimic-cxr-2.0.0-{kind}.csv.gz", work / f"mimic-cxr-2.0.0-{kind}.csv.gz", auth=auth)
-    reports_zip = download(reports_url, dest.parent / ".downloads" / "mimic-cxr-reports.zip", auth=auth)
-    table = work / "mimic-cxr-2.0.0-metadata.csv.gz"
+    for table in dataset.tables:
+        download(base + table.names[0], work / table.names[0], auth=auth)
+    reports_zip = dest.parent / ".downloads" / Path(dataset.source.urls["reports"]).name
+    download(reports_url, reports_zip, auth=auth)
+    files = _physionet_images(work / dataset.table("metadata").names[0], work)
+    for rel in files:
+        download(base + rel, work / rel, auth=auth, progress=False)
+    _extract(reports_zip, work)
+    verify_layout(name, work)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(work, dest)
+    reports_zip.unlink()
+
+
+def _physionet_images(table: Path, work: Path) -> list[str]:
+    """The relative paths of the frontal (PA/AP) images the MIMIC-CXR-JPG metadata ``table`` lists; every id is
+    checked before the first image is requested."""
     try:
         meta = read_table(table, ["dicom_id", "subject_id", "study_id", "ViewPosition"], dtype=str)
     except BadInputError as err:
@@ -416,7 +392,7 @@ def _fetch_mimic(dest: Path, data_cfg: DataConfig) -> None:
     frontal = meta.assign(row=range(1, len(meta) + 1))
     frontal = frontal[frontal["ViewPosition"].astype(str).str.strip().isin(["PA", "AP"])]
     files = []
-    for rec in frontal.itertuples():  # every id is checked before the first image is requested
+    for rec in frontal.itertuples():
         try:
             subject, study, dicom = (safe_name(getattr(rec, c), table, rec.row, c)
                                      for c in ("subject_id", "study_id", "dicom_id"))
@@ -426,14 +402,11 @@ def _fetch_mimic(dest: Path, data_cfg: DataConfig) -> None:
         if not within(work, work / rel):
             raise FetchError(f"{table}, row {rec.row}: path {rel!r} leaves {work}; refusing to download")
         files.append(rel)
-    for rel in files:
-        download(base + rel, work / rel, auth=auth, progress=False)
-    _extract(reports_zip, work)
-    verify_layout("mimic", work)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(work, dest)
-    reports_zip.unlink()
+    return files
+
+
+# Downloaders by the registry's ``source.download``.
+_DOWNLOADERS = {"kaggle": _fetch_kaggle, "url": _fetch_url, "physionet": _fetch_physionet}
 
 
 def _fetch_real(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
@@ -442,16 +415,12 @@ def _fetch_real(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
         return {**verify_layout(name, dest), "source": "real"}
     if (dest / FIXTURE_MARKER).exists():
         raise FetchError(f"{dest} holds the synthetic demo data but data.source is real; move it away (or delete "
-                         f"it) and put the real {SOURCES[name]['what']} there.")
-    if name == "lc25000":
-        _fetch_lc25000(dest, data_cfg)
-    elif name in ("rsna", "siim"):
-        _fetch_kaggle(name, dest)
-    elif name == "mimic":
-        _fetch_mimic(dest, data_cfg)
-    else:  # chexpert, mhist, nih14: a request form / manual download
+                         f"it) and put the real {DATASETS[name].source.what} there.")
+    downloader = _DOWNLOADERS.get(DATASETS[name].source.download)
+    if downloader is None:  # a request form / manual download
         raise FetchError(_missing_message(name, dest, ["the data set folder"]) +
                          " It cannot be downloaded automatically.")
+    downloader(name, dest, data_cfg)
     log.info("%s: downloaded", dest)
     return {**verify_layout(name, dest), "source": "real"}
 

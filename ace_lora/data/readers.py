@@ -18,20 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-# The 14 findings of the CheXpert labeller (MIMIC-CXR ``mimic-cxr-2.0.0-chexpert.csv`` and CheXpert ``train.csv``).
-CHEXPERT_FINDINGS = [
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-    "Pneumothorax", "Support Devices",
-]
-# The 14 NIH ChestX-ray14 findings, spelled as in ``Data_Entry_2017_v2020.csv``.
-NIH_FINDINGS = [
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-]
-# The CheXpert 5x200 classes (GLoRIA/MGCA protocol).
-CHEXPERT_5X200_CLASSES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
-
+from ace_lora.registry import CHEXPERT_5X200_CLASSES, CHEXPERT_FINDINGS, NIH_FINDINGS
 
 # Radiograph modalities (DICOM Modality): computed / digital radiography. CT, MR, US ... are refused.
 RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG"}
@@ -464,7 +451,7 @@ def read_chexpert_table(path: str | Path, on_bad: OnBad = raise_bad) -> pd.DataF
 
 
 def select_chexpert_5x200(df: pd.DataFrame, seed: int, n_per_class: int = 200,
-                          classes: list[str] = CHEXPERT_5X200_CLASSES) -> tuple[pd.DataFrame, dict]:
+                          classes: Iterable[str] = CHEXPERT_5X200_CLASSES) -> tuple[pd.DataFrame, dict]:
     """The CheXpert 5x200 selection (GLoRIA/MGCA): frontal views; blanks -> 0; class c = the images with c = 1
     and every other finding except No Finding = 0 (uncertain -1 excludes the image); ``n_per_class`` sampled
     per class with ``random_state=seed`` (all of them when fewer exist).

@@ -30,10 +30,10 @@ STAGE_PARAMS = {
 # Library code each stage runs: the import closure of `python -m ace_lora <stage>` (tests/test_dag_deps.py computes
 # it from the code and fails when a module is missing here or in dvc.yaml, which lists the same files and folders).
 CLI_CODE = ["ace_lora/__init__.py", "ace_lora/__main__.py", "ace_lora/cli.py", "ace_lora/config.py", "ace_lora/io.py"]
-DATA_CODE = ["ace_lora/data/__init__.py", "ace_lora/data/fetch.py", "ace_lora/data/prepare.py",
-             "ace_lora/data/readers.py", "ace_lora/demo/__init__.py", "ace_lora/demo/dicom.py",
-             "ace_lora/demo/painters.py", "ace_lora/demo/reports.py", "ace_lora/demo/writers.py",
-             "ace_lora/progress.py", "ace_lora/prompts.py", "ace_lora/registry.py"]
+DATA_CODE = ["ace_lora/data/__init__.py", "ace_lora/data/collectors.py", "ace_lora/data/fetch.py",
+             "ace_lora/data/prepare.py", "ace_lora/data/readers.py", "ace_lora/demo/__init__.py",
+             "ace_lora/demo/dicom.py", "ace_lora/demo/painters.py", "ace_lora/demo/reports.py",
+             "ace_lora/demo/writers.py", "ace_lora/progress.py", "ace_lora/prompts.py", "ace_lora/registry.py"]
 MODEL_CODE = ["ace_lora/data", "ace_lora/demo", "ace_lora/eval", "ace_lora/models", "ace_lora/assets/tiny_vocab.txt",
               "ace_lora/distributed.py", "ace_lora/plots.py", "ace_lora/progress.py", "ace_lora/prompts.py",
               "ace_lora/registry.py"]
