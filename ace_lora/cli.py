@@ -19,10 +19,11 @@ from pathlib import Path
 
 from ace_lora.config import Params, ParamsError, load_params, parameter_table, schema
 from ace_lora.io import atomic_dir, atomic_write_json, atomic_write_text
+from ace_lora.registry import DATASET_NAMES
 
 log = logging.getLogger("ace_lora")
 
-DATASETS = ("mimic", "nih14", "chexpert", "rsna", "siim", "mhist", "lc25000")
+DATASETS = DATASET_NAMES  # the choices of fetch, prepare and evaluate (ace_lora/registry.py)
 
 
 def stage_paths(params: Params, method: str | None = None, dataset: str | None = None) -> dict[str, Path]:

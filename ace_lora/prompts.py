@@ -13,8 +13,7 @@ from pathlib import Path
 
 from ace_lora.config import PromptsConfig
 from ace_lora.io import atomic_write_text
-
-DOMAINS = ("chest", "histopathology")
+from ace_lora.registry import BENCHMARKS, DOMAINS, NEGATIVE_PHRASES
 
 #: Templates per domain; ``{}`` is the class phrase. Chest: the reference's two templates (docs/method.md#zero-shot).
 DEFAULT_TEMPLATES: dict[str, list[str]] = {
@@ -22,45 +21,21 @@ DEFAULT_TEMPLATES: dict[str, list[str]] = {
     "histopathology": ["an H&E stained histopathology image of {}.", "a histopathology slide showing {}."],
 }
 
-_NORMAL = "no acute findings"
+# The defaults below are read from the registry (ace_lora/registry.py: each benchmark's phrases, domain and
+# negative class); ``NEGATIVE_PHRASES`` (``prompts.negative`` -> phrase) is the registry's too.
 
-#: ``prompts.negative`` -> phrase of the negative class of RSNA and SIIM (the reference's is "No Finding").
-NEGATIVE_PHRASES = {"reference": "No Finding", "no_acute_findings": _NORMAL}
-#: Benchmarks whose "Normal" class takes the ``prompts.negative`` phrase.
-NEGATIVE_BENCHMARKS = ("rsna", "rsna_det", "siim", "siim_seg")
-
-#: Benchmark -> class label -> phrase(s). Labels are exactly the manifest labels / finding columns.
+#: Benchmark -> class label -> default phrase(s). Labels are exactly the manifest labels / finding columns.
 DEFAULT_CLASS_NAMES: dict[str, dict[str, list[str]]] = {
-    "chexpert5x200": {"Atelectasis": ["atelectasis"], "Cardiomegaly": ["cardiomegaly"],
-                      "Consolidation": ["consolidation"], "Edema": ["edema"],
-                      "Pleural Effusion": ["pleural effusion"]},
-    "rsna": {"Normal": [NEGATIVE_PHRASES["reference"]], "Pneumonia": ["pneumonia"]},
-    "rsna_det": {"Normal": [NEGATIVE_PHRASES["reference"]], "Pneumonia": ["pneumonia"]},
-    "siim": {"Normal": [NEGATIVE_PHRASES["reference"]], "Pneumothorax": ["pneumothorax"]},
-    "siim_seg": {"Normal": [NEGATIVE_PHRASES["reference"]], "Pneumothorax": ["pneumothorax"]},
-    "mhist": {"HP": ["hyperplastic polyp"], "SSA": ["sessile serrated adenoma"]},
-    "lc25000_lung": {"lung_aca": ["lung adenocarcinoma"], "lung_n": ["benign lung tissue"],
-                     "lung_scc": ["lung squamous cell carcinoma"]},
-    "lc25000_colon": {"colon_aca": ["colon adenocarcinoma"], "colon_n": ["benign colonic tissue"]},
-    "nih14": {"Atelectasis": ["atelectasis"], "Cardiomegaly": ["cardiomegaly"], "Effusion": ["pleural effusion"],
-              "Infiltration": ["infiltration"], "Mass": ["mass"], "Nodule": ["nodule"], "Pneumonia": ["pneumonia"],
-              "Pneumothorax": ["pneumothorax"], "Consolidation": ["consolidation"], "Edema": ["edema"],
-              "Emphysema": ["emphysema"], "Fibrosis": ["fibrosis"], "Pleural_Thickening": ["pleural thickening"],
-              "Hernia": ["hernia"], "No Finding": [_NORMAL]},
-    "mimic": {"Atelectasis": ["atelectasis"], "Cardiomegaly": ["cardiomegaly"], "Consolidation": ["consolidation"],
-              "Edema": ["edema"], "Enlarged Cardiomediastinum": ["enlarged cardiomediastinum"],
-              "Fracture": ["fracture"], "Lung Lesion": ["lung lesion"], "Lung Opacity": ["lung opacity"],
-              "No Finding": [_NORMAL], "Pleural Effusion": ["pleural effusion"],
-              "Pleural Other": ["pleural thickening"], "Pneumonia": ["pneumonia"],
-              "Pneumothorax": ["pneumothorax"], "Support Devices": ["support devices"]},
-}
+    name: {label: list(b.phrases[label]) for label in b.prompt_classes} for name, b in BENCHMARKS.items()}
 
 #: Benchmark -> class labels in evaluation order (multi-label: "No Finding" is the negative prompt class).
-BENCHMARK_CLASSES: dict[str, list[str]] = {b: list(c) for b, c in DEFAULT_CLASS_NAMES.items()}
+BENCHMARK_CLASSES: dict[str, list[str]] = {name: list(b.prompt_classes) for name, b in BENCHMARKS.items()}
 
 #: Benchmark -> domain (selects the templates).
-BENCHMARK_DOMAINS: dict[str, str] = {b: ("histopathology" if b == "mhist" or b.startswith("lc25000") else "chest")
-                                     for b in DEFAULT_CLASS_NAMES}
+BENCHMARK_DOMAINS: dict[str, str] = {name: b.domain for name, b in BENCHMARKS.items()}
+
+#: Benchmark -> its negative class, whose phrase ``prompts.negative`` picks (RSNA's and SIIM's "Normal").
+NEGATIVE_CLASSES: dict[str, str] = {name: b.negative_class for name, b in BENCHMARKS.items() if b.negative_class}
 
 
 class PromptsError(KeyError):
@@ -89,7 +64,8 @@ def build_prompts(prompts_cfg: PromptsConfig, benchmarks: list[str]) -> dict[str
 
     ``prompts_cfg.templates`` replaces a domain's templates; ``prompts_cfg.class_names[benchmark]`` replaces
     the phrases of the labels it names (other labels keep their defaults). ``prompts_cfg.negative`` picks the
-    phrase of RSNA's and SIIM's "Normal" class (:data:`NEGATIVE_PHRASES`; an explicit ``class_names`` entry wins).
+    phrase of the benchmarks' negative class (:data:`NEGATIVE_CLASSES`: RSNA's and SIIM's "Normal") from
+    :data:`NEGATIVE_PHRASES`; an explicit ``class_names`` entry wins.
     Unknown domains, benchmarks or labels raise :class:`PromptsError`.
     """
     if prompts_cfg.negative not in NEGATIVE_PHRASES:
@@ -116,8 +92,8 @@ def build_prompts(prompts_cfg: PromptsConfig, benchmarks: list[str]) -> dict[str
         templates = _phrases(prompts_cfg.templates.get(domain, DEFAULT_TEMPLATES[domain]),
                              f"prompts.templates.{domain}")
         override = dict(prompts_cfg.class_names.get(bench, {}))
-        if bench in NEGATIVE_BENCHMARKS:
-            override.setdefault("Normal", NEGATIVE_PHRASES[prompts_cfg.negative])
+        if bench in NEGATIVE_CLASSES:
+            override.setdefault(NEGATIVE_CLASSES[bench], NEGATIVE_PHRASES[prompts_cfg.negative])
         out[bench] = {}
         for label in BENCHMARK_CLASSES[bench]:
             phrases = _phrases(override.get(label, DEFAULT_CLASS_NAMES[bench][label]),

@@ -17,6 +17,7 @@ depends on but the facts written here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 TASKS = ("multiclass", "binary", "multilabel", "segmentation", "detection")
@@ -170,6 +171,10 @@ class Benchmark:
         """The classes that get prompts, in evaluation order: ``classes``, then any further phrased class (the
         "No Finding" negative of a multilabel benchmark)."""
         return tuple(self.classes) + tuple(c for c in self.phrases if c not in self.classes)
+
+    def root(self, processed_root: str | Path) -> Path:
+        """The prepared data set folder under ``processed_root`` (manifest paths are relative to it)."""
+        return Path(processed_root) / self.dataset
 
     @property
     def columns(self) -> list[str]:

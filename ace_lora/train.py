@@ -228,8 +228,8 @@ class ContrastiveStep(nn.Module):
 
 
 def finding_columns() -> list[str]:
-    """The 14 CheXpert-labeller finding columns of the MIMIC manifest (owned by the data package)."""
-    from ace_lora.data.readers import CHEXPERT_FINDINGS
+    """The 14 CheXpert-labeller finding columns of the MIMIC manifest (declared in the registry)."""
+    from ace_lora.registry import CHEXPERT_FINDINGS
 
     return list(CHEXPERT_FINDINGS)
 

@@ -66,7 +66,7 @@ def test_bench_filters_and_detection(processed):
 
 
 def test_bench_errors(processed, tmp_path):
-    with pytest.raises(BenchmarkError, match=r"unknown benchmark 'chexpert'; known: chexpert5x200, rsna"):
+    with pytest.raises(BenchmarkError, match=r"unknown benchmark 'chexpert'; known: mimic, nih14, chexpert5x200, rsna"):
         load_benchmark("chexpert", processed)
     with pytest.raises(BenchmarkError, match=r"prepared data not found; run `python -m ace_lora prepare mhist`"):
         load_benchmark("mhist", tmp_path)

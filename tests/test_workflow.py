@@ -131,6 +131,46 @@ def test_snakemake_and_dvc_declare_the_same_dag():
         assert expected == params, f"{stage}: params differ"
 
 
+# The outputs of each stage command as ace_lora.cli.stage_paths names them; the report also writes the two plot
+# folders of write_plot_data under stage_paths' "plots".
+STAGE_OUTPUTS = {"fetch": ["fetched"], "prepare": ["processed"], "prompts": ["prompts"],
+                 "train": ["train", "train_metrics", "train_log", "train_val_log"], "evaluate": ["evaluate", "metrics"],
+                 "report": ["report_md", "report_csv", "summary", "report_dir"]}
+REPORT_PLOTS = ("roc", "confusion")
+
+
+def _cli_outputs(params, cmd: str) -> frozenset[str]:
+    """What ``stage_paths`` names as the outputs of ``python -m ace_lora --params params.yaml <stage> [args]``."""
+    from ace_lora.cli import stage_paths
+
+    stage, *args = [word for word in cmd.split()[5:] if not word.startswith("--")]
+    method = args[0] if stage in ("train", "evaluate") else None
+    dataset = args[-1] if stage in ("fetch", "prepare", "evaluate") else None
+    paths = stage_paths(params, method=method, dataset=dataset)
+    outputs = {paths[key] for key in STAGE_OUTPUTS[stage]}
+    if stage == "report":
+        outputs |= {paths["plots"] / kind for kind in REPORT_PLOTS}
+    return frozenset(map(str, outputs))
+
+
+def test_dag_outputs_are_the_cli_stage_paths(tmp_path):
+    """Paths are spelled in cli.stage_paths, common.smk and dvc.yaml: all three agree, for other paths than the
+    defaults too."""
+    from ace_lora.config import load_params
+
+    project = _project_copy(tmp_path, {"paths": {"raw": "store/raw", "processed": "store/prepared",
+                                                 "results": "out"}})
+    params = load_params(project / "params.yaml")
+    snake, dvc = _snakemake_jobs(project), _dvc_stages(project)
+    assert set(snake) == set(dvc), f"commands differ: {set(snake) ^ set(dvc)}"
+    assert {cmd.split()[5] for cmd in snake} == set(STAGE_OUTPUTS)
+    for cmd, (_, outputs) in snake.items():
+        expected = _cli_outputs(params, cmd)
+        assert outputs == expected, f"Snakefile, {cmd}: outputs {sorted(outputs ^ expected)} differ from stage_paths"
+        outs = dvc[cmd][1]
+        assert outs == expected, f"dvc.yaml, {cmd}: outs {sorted(outs ^ expected)} differ from stage_paths"
+
+
 def test_snakemake_lint_is_clean():
     proc = _run([sys.executable, "-m", "snakemake", "--lint"], ROOT, check=False)
     assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout[-6000:]

@@ -4,10 +4,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ace_lora.registry import DATASET_NAMES
+
 RAW = config["paths"]["raw"]
 PROCESSED = config["paths"]["processed"]
 RESULTS = config["paths"]["results"]
-DATASETS = ["mimic", "nih14", "chexpert", "rsna", "siim", "mhist", "lc25000"]
+DATASETS = list(DATASET_NAMES)  # ace_lora/registry.py; dvc.yaml lists the same (tests/test_registry.py)
 METHODS = list(config["methods"])
 EVAL_DATASETS = config["evaluate"]["datasets"]
 VALIDATION = config["train"]["validation"]
@@ -29,14 +31,14 @@ STAGE_PARAMS = {
 
 # Library code each stage runs: the import closure of `python -m ace_lora <stage>` (tests/test_dag_deps.py computes
 # it from the code and fails when a module is missing here or in dvc.yaml, which lists the same files and folders).
-CLI_CODE = ["ace_lora/__init__.py", "ace_lora/__main__.py", "ace_lora/cli.py", "ace_lora/config.py", "ace_lora/io.py"]
+CLI_CODE = ["ace_lora/__init__.py", "ace_lora/__main__.py", "ace_lora/cli.py", "ace_lora/config.py", "ace_lora/io.py",
+            "ace_lora/registry.py"]
 DATA_CODE = ["ace_lora/data/__init__.py", "ace_lora/data/collectors.py", "ace_lora/data/fetch.py",
              "ace_lora/data/prepare.py", "ace_lora/data/readers.py", "ace_lora/demo/__init__.py",
              "ace_lora/demo/dicom.py", "ace_lora/demo/painters.py", "ace_lora/demo/reports.py",
-             "ace_lora/demo/writers.py", "ace_lora/progress.py", "ace_lora/prompts.py", "ace_lora/registry.py"]
+             "ace_lora/demo/writers.py", "ace_lora/progress.py", "ace_lora/prompts.py"]
 MODEL_CODE = ["ace_lora/data", "ace_lora/demo", "ace_lora/eval", "ace_lora/models", "ace_lora/assets/tiny_vocab.txt",
-              "ace_lora/distributed.py", "ace_lora/plots.py", "ace_lora/progress.py", "ace_lora/prompts.py",
-              "ace_lora/registry.py"]
+              "ace_lora/distributed.py", "ace_lora/plots.py", "ace_lora/progress.py", "ace_lora/prompts.py"]
 STAGE_CODE = {
     "fetch": CLI_CODE + DATA_CODE,
     "prepare": CLI_CODE + DATA_CODE,
@@ -48,14 +50,9 @@ STAGE_CODE = {
 
 
 def stage_params(stage):
-    """The stage's params.yaml values: Snakemake reruns a job when they change."""
-    values = {}
-    for key in STAGE_PARAMS[stage]:
-        node = config
-        for part in key.split("."):
-            node = node[part]
-        values[key.replace(".", "_")] = node
-    return values
+    """The stage's params.yaml values, one param per key named with `_` for `.` (`evaluate_datasets`), looked up
+    with Snakemake's lookup(): Snakemake reruns a job when they change."""
+    return {key.replace(".", "_"): lookup(dpath=key.replace(".", "/"), within=config) for key in STAGE_PARAMS[stage]}
 
 
 def stage_code(stage):
