@@ -338,7 +338,8 @@ _MHIST = Dataset(
                   where="https://bmirds.github.io/MHIST/ (request form; the download link arrives by e-mail)"),
     split=Split("official", names=MappingProxyType({"train": "train", "test": "test"})),
     benchmarks=(
-        Benchmark("mhist", "binary", ("HP", "SSA"), {"HP": ("hyperplastic polyp",), "SSA": ("sessile serrated adenoma",)},
+        Benchmark("mhist", "binary", ("HP", "SSA"),
+                  {"HP": ("hyperplastic polyp",), "SSA": ("sessile serrated adenoma",)},
                   domain="histopathology", positive="SSA",
                   description="MHIST test partition, hyperplastic polyp vs sessile serrated adenoma"),
     ),
