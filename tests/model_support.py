@@ -38,6 +38,11 @@ def build_tiny(vocab_dir: Path, loss: LossConfig | None = None, **kw):
     return build_model(tiny_cfg(vocab_dir, **kw), loss)
 
 
+def tiny_model(folder: Path):
+    """The real tiny preset (random towers) with the model tests' small vocabulary written under ``folder``."""
+    return build_tiny(write_vocab(folder / "vocab"))
+
+
 def example_batch(model, batch: int = 4, seed: int = 0):
     """(images [B,3,H,W], ids, mask) with texts of different lengths (one truncated)."""
     g = torch.Generator().manual_seed(seed)

@@ -9,7 +9,7 @@ import torch
 from ace_lora.data import CHEXPERT_FINDINGS, DATASETS, NIH_FINDINGS, prepare_dataset
 from ace_lora.data.benchmarks import BENCHMARKS, BenchmarkError, benchmarks_of, load_benchmark, load_boxes
 from ace_lora.data.dataset import ImageDataset, PairDataset
-from test_prepare import RAW, cfg
+from data_support import RAW, cfg
 
 EXPECTED = {  # name: (dataset, task, classes, domain, split)
     "chexpert5x200": ("chexpert", "multiclass",

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow import ENV, ROOT, SMALL, _project_copy
+from workflow_support import ENV, ROOT, SMALL, project_copy
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
 
@@ -51,7 +51,7 @@ def _gpu(lines: set[str]) -> set[int]:
 def test_rules_declare_the_gpus_they_use(tmp_path):
     """Without a GPU nothing asks for one; with two visible GPUs training asks for both (train.processes: null) or
     train.processes of them, and each evaluation for one; memory follows the preset (demo: small)."""
-    project = _project_copy(tmp_path / "p")
+    project = project_copy(tmp_path / "p")
     no_gpu = _dry_run_resources(project, {**ENV, "CUDA_VISIBLE_DEVICES": ""})
     assert _gpu(no_gpu["train"]) == _gpu(no_gpu["evaluate"]) == {0}
     assert all(re.search(r"mem_mb=(\d+)", line) and int(re.search(r"mem_mb=(\d+)", line).group(1)) <= 2000
@@ -132,8 +132,8 @@ def test_slurm_profile_runs_the_small_demo_like_a_local_run(tmp_path):
     if partition is None:
         pytest.skip("no SLURM with an available default partition (sinfo): start one with "
                     "`bash workflow/scripts/slurm_local.sh install && bash workflow/scripts/slurm_local.sh start`")
-    local = _project_copy(tmp_path / "local", SMALL)
-    cluster = _project_copy(tmp_path / "cluster", SMALL)
+    local = project_copy(tmp_path / "local", SMALL)
+    cluster = project_copy(tmp_path / "cluster", SMALL)
     profile = _cluster_profile(tmp_path / "profile" / "slurm", partition)
     local_s = _snakemake([sys.executable, "-m", "snakemake", "--cores", "2"], local, 3600)
     cluster_s = _snakemake([sys.executable, "-m", "snakemake", "--profile", str(profile)], cluster, 3600)

@@ -14,7 +14,9 @@ import torch
 import train_fakes
 from ace_lora import distributed as D
 from ace_lora import train as T
-from test_train import one_thread, prepare_tiny_data, read_csv, real_params  # noqa: F401 (autouse fixture)
+from train_support import prepare_tiny_data, read_csv, real_params
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TESTS = Path(__file__).resolve().parent
 

@@ -158,7 +158,7 @@ def test_batched_evaluation_cuda_matches_cpu(vocab, tmp_path):
 def test_trainer_runs_on_cuda(tmp_path):
     """The train stage on CUDA (bf16 autocast, pinned memory, validation) for a few steps, finite losses."""
     from ace_lora import train as T
-    from test_train import prepare_tiny_data, real_params
+    from train_support import prepare_tiny_data, real_params
 
     base = prepare_tiny_data(tmp_path / "data", n_train=32)
     params = real_params(base, max_steps=3, epochs=1, device="cuda", precision="auto")

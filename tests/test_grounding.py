@@ -1,4 +1,4 @@
-"""Zero-shot grounding with the fake model of test_zeroshot: bright regions are the finding."""
+"""Zero-shot grounding with the fake model of tests/eval_fakes.py: bright regions are the finding."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from ace_lora.config import EvaluateConfig
 from ace_lora.eval import grounding
 from ace_lora.eval.metrics import dice
 from ace_lora.eval.zeroshot import evaluate_benchmark
-from test_zeroshot import SIZE, FakeModel, FakeSpec, level, prompts_for
+from eval_fakes import SIZE, FakeModel, FakeSpec, level, prompts_for
+from model_support import tiny_model
 
 CFG = EvaluateConfig(batch_size=4, bootstrap=50, seed=0, grounding_thresholds=20, overlays=2, dataeff_fractions=[])
 CLASSES = ("Normal", "Pneumothorax")
@@ -141,8 +142,6 @@ def test_grounding_errors(tmp_path):
 
 
 def test_smoke_real_tiny_model_grounding(tmp_path):
-    from test_zeroshot import tiny_model
-
     model = tiny_model(tmp_path)
     root = tmp_path / "siim"
     manifest = write_dataset(root, n_per_split=3)

@@ -28,47 +28,9 @@ from ace_lora.data.readers import (
     select_chexpert_5x200,
     siim_image_table,
 )
+from data_support import encode_rle, write_dicom
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def encode_rle(mask: np.ndarray) -> str:
-    """Test-side SIIM encoder: runs over the column-major flattening, starts relative to the previous run's end."""
-    flat = np.concatenate([[0], mask.T.reshape(-1).astype(np.int8), [0]])
-    edges = np.flatnonzero(np.diff(flat))
-    starts, ends = edges[0::2], edges[1::2]
-    out, previous_end = [], 0
-    for s, e in zip(starts, ends):
-        out += [int(s - previous_end), int(e - s)]
-        previous_end = e
-    return " ".join(map(str, out)) if out else "-1"
-
-
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12,
-                with_pixels: bool = True, **tags) -> Path:
-    """A minimal valid single-frame 16-bit grayscale DICOM file."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
-    ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
-    ds.PhotometricInterpretation = photometric
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    if with_pixels:
-        ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def xrv_data_dir() -> Path:

@@ -6,7 +6,6 @@ go through the real tiny model, loss and a tiny prepared manifest.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -24,15 +23,9 @@ import train_fakes
 from ace_lora import distributed as D
 from ace_lora import train as T
 from ace_lora.config import Params, build
+from train_support import prepare_tiny_data, read_csv, real_params
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (a 2-thread pool mostly waits on a shared CPU); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_params(tmp_path: Path, method: dict | None = None, **train) -> Params:
@@ -50,11 +43,6 @@ def fakes(monkeypatch):
         train_fakes.install(T, patch=monkeypatch.setattr, **kw)
     install()
     return install
-
-
-def read_csv(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def run_dirs(checkpoints: Path) -> list[Path]:
@@ -382,33 +370,6 @@ def test_import_closure_follows_function_local_and_relative_imports(tmp_path):
 
 
 # ------------------------------------------------------------------------- real tiny model and data
-
-
-def prepare_tiny_data(base: Path, n_train: int = 32, n_per_class: int = 8) -> Path:
-    """Synthetic MIMIC pairs + NIH validation images, prepared as the pipeline does, and the demo tokenizer."""
-    from ace_lora.config import DataConfig, DemoConfig
-    from ace_lora.data import prepare_dataset
-    from ace_lora.demo import write_fixture
-    from ace_lora.models.tokenizer import write_tokenizer
-
-    demo = DemoConfig(n_train=n_train, n_per_class=n_per_class)
-    for name in ("mimic", "nih14"):
-        write_fixture(name, base / "raw" / name, demo)
-        prepare_dataset(name, base / "raw", base / "processed" / name, DataConfig(demo=demo), workers=1)
-    write_tokenizer(base / "tokenizer")
-    return base
-
-
-def real_params(base: Path, lora: dict | None = None, methods: dict | None = None, **train) -> Params:
-    cfg = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 0.5, "validation": "nih14", "log_every": 1,
-           "checkpoint_every": 2, "seed": 1}
-    cfg.update(train)
-    return build(Params, {
-        "paths": {"raw": str(base / "raw"), "processed": str(base / "processed"), "results": str(base / "results")},
-        "model": {"preset": "tiny", "tokenizer": str(base / "tokenizer"),
-                  "lora": {"alpha": 8.0, "dropout": 0.1, **(lora or {})}},
-        "evaluate": {"batch_size": 32},
-        "methods": methods or {"ace": {}}, "train": cfg})
 
 
 @pytest.fixture(scope="module")

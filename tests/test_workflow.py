@@ -4,57 +4,15 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "ace_lora", ".dvc/config", ".gitignore"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-
-# A demo small enough for CI: the same stages and data sets, fewer images and steps.
-SMALL = {
-    "data": {"demo": {"n_train": 192, "n_per_class": 8}},
-    "train": {"epochs": 2, "batch_size": 32, "validate_every": 1, "checkpoint_every": 5},
-    "evaluate": {"bootstrap": 20},
-}
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def _project_copy(dest: Path, override: dict | None = None) -> Path:
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, target)
-    if override:
-        params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), override)
-        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return dest
-
-
-def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-8000:]}")
-    return proc
-
+from workflow_support import ROOT, SMALL, merge_params, project_copy, run_command
 
 # ------------------------------------------------------------------------------------------ DAG in sync
 
@@ -85,7 +43,7 @@ with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
 
 def _snakemake_jobs(cwd: Path) -> dict[str, tuple[frozenset, frozenset]]:
     """Every job of Snakemake's DAG: shell command -> (inputs, outputs)."""
-    jobs = json.loads(_run([sys.executable, "-c", _SNAKEMAKE_DAG], cwd).stdout.strip().splitlines()[-1])
+    jobs = json.loads(run_command([sys.executable, "-c", _SNAKEMAKE_DAG], cwd).stdout.strip().splitlines()[-1])
     return {_strip_redirect(job["shell"]): (frozenset(job["input"]), frozenset(job["output"]))
             for job in jobs if job["shell"]}  # the `all` target runs no command
 
@@ -158,7 +116,7 @@ def test_dag_outputs_are_the_cli_stage_paths(tmp_path):
     defaults too."""
     from ace_lora.config import load_params
 
-    project = _project_copy(tmp_path, {"paths": {"raw": "store/raw", "processed": "store/prepared",
+    project = project_copy(tmp_path, {"paths": {"raw": "store/raw", "processed": "store/prepared",
                                                  "results": "out"}})
     params = load_params(project / "params.yaml")
     snake, dvc = _snakemake_jobs(project), _dvc_stages(project)
@@ -172,7 +130,7 @@ def test_dag_outputs_are_the_cli_stage_paths(tmp_path):
 
 
 def test_snakemake_lint_is_clean():
-    proc = _run([sys.executable, "-m", "snakemake", "--lint"], ROOT, check=False)
+    proc = run_command([sys.executable, "-m", "snakemake", "--lint"], ROOT, check=False)
     assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout[-6000:]
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -190,28 +148,28 @@ def test_dag_covers_every_method_and_dataset():
 
 
 def test_schema_file_is_generated_from_the_config():
-    proc = _run([sys.executable, "-m", "ace_lora", "schema", "--check", "workflow/schemas/params.schema.json"],
-                ROOT, check=False)
+    proc = run_command([sys.executable, "-m", "ace_lora", "schema", "--check", "workflow/schemas/params.schema.json"],
+                       ROOT, check=False)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_configfile_and_config_are_refused_with_how_to_switch(tmp_path):
-    project = _project_copy(tmp_path)
+    project = project_copy(tmp_path)
     for extra in (["--configfile", "configs/paper.yaml"], ["--config", "train={lr: 0.1}"]):
         (project / "configs").mkdir(exist_ok=True)
         shutil.copy(ROOT / "configs/paper.yaml", project / "configs/paper.yaml")
-        proc = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", *extra], project, check=False)
+        proc = run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "1", *extra], project, check=False)
         assert proc.returncode != 0
         assert "cp configs/paper.yaml params.yaml" in proc.stdout + proc.stderr
-    _run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], project)  # params.yaml alone is fine
+    run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], project)  # params.yaml alone is fine
 
 
 def test_bad_params_fail_before_any_stage_naming_the_key(tmp_path):
-    project = _project_copy(tmp_path, {"model": {"hgnn": {"towers": "sideways"}}})
-    proc = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], project, check=False)
+    project = project_copy(tmp_path, {"model": {"hgnn": {"towers": "sideways"}}})
+    proc = run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], project, check=False)
     assert proc.returncode != 0
     assert "sideways" in proc.stdout + proc.stderr and "towers" in proc.stdout + proc.stderr
-    proc = _run([sys.executable, "-m", "ace_lora", "prompts"], project, check=False)
+    proc = run_command([sys.executable, "-m", "ace_lora", "prompts"], project, check=False)
     assert proc.returncode == 2
     assert "model.hgnn.towers" in proc.stderr
     assert not (project / "results").exists()
@@ -249,55 +207,55 @@ def test_demo_logs_say_what_happened(snakemake_demo):
 
 
 def test_snakemake_rerun_does_nothing_and_param_change_reruns_only_dependants(snakemake_demo):
-    proc = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], snakemake_demo)
+    proc = run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], snakemake_demo)
     assert "Nothing to be done" in proc.stdout + proc.stderr
     params = yaml.safe_load((snakemake_demo / "params.yaml").read_text())
     params["evaluate"]["bootstrap"] = 30
     (snakemake_demo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], snakemake_demo).stdout
+    out = run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], snakemake_demo).stdout
     rules = set(re.findall(r"^rule (\w+):", out, re.M))
     assert rules == {"evaluate", "report", "all"}, rules
     params["evaluate"]["ensemble"] = "token_average"  # also the validation metric of model selection
     (snakemake_demo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], snakemake_demo).stdout
+    out = run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], snakemake_demo).stdout
     assert set(re.findall(r"^rule (\w+):", out, re.M)) == {"train", "evaluate", "report", "all"}
 
 
 def test_dvc_repro_demo_then_metrics_diff(tmp_path):
-    override = _merge(SMALL, {"methods": {"base": {"train": False, "lora": {"enabled": False},
+    override = merge_params(SMALL, {"methods": {"base": {"train": False, "lora": {"enabled": False},
                                                    "hgnn": {"towers": "none"}}, "ace_lora": {}}})
-    project = _project_copy(tmp_path, override)
+    project = project_copy(tmp_path, override)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["methods"] = override["methods"]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "demo"]):
-        _run(cmd, project)
-    _run(["dvc", "repro"], project)
+        run_command(cmd, project)
+    run_command(["dvc", "repro"], project)
     assert (project / "results/benchmarks.md").is_file()
-    again = _run(["dvc", "repro"], project).stdout
+    again = run_command(["dvc", "repro"], project).stdout
     assert "Running stage" not in again
-    _run(["git", "add", "-A"], project)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], project)
+    run_command(["git", "add", "-A"], project)
+    run_command(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], project)
     params["evaluate"]["bootstrap"] = 30
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dry = _run(["dvc", "repro", "--dry"], project).stdout
+    dry = run_command(["dvc", "repro", "--dry"], project).stdout
     stages = set(re.findall(r"Running stage '([\w@-]+)'", dry))
     assert stages and all(s.startswith(("evaluate@", "report")) for s in stages), stages
     params["evaluate"]["ensemble"] = "token_average"  # also the validation metric of model selection
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    dry = _run(["dvc", "repro", "--dry"], project).stdout
+    dry = run_command(["dvc", "repro", "--dry"], project).stdout
     assert "train@ace_lora" in set(re.findall(r"Running stage '([\w@-]+)'", dry))
     params["evaluate"].update(bootstrap=SMALL["evaluate"]["bootstrap"], ensemble="mean")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["dvc", "exp", "run", "-S", f"train.lr={params['train']['lr'] * 3}"], project)
+    run_command(["dvc", "exp", "run", "-S", f"train.lr={params['train']['lr'] * 3}"], project)
     # the summary metrics (one headline value per method and benchmark, and each trained method's validation score)
-    diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], project).stdout)
+    diff = json.loads(run_command(["dvc", "metrics", "diff", "--json"], project).stdout)
     moved = {key for per_file in diff.values() for key, value in per_file.items() if value.get("diff")}
     assert "ace_lora/val_nih14_auc" in moved, f"no training delta: {diff}"
     assert any(k.startswith("ace_lora/") and "/val_" not in k for k in moved), f"no evaluation delta: {diff}"
     assert not any(k.startswith("base/") for k in moved), f"the untrained base moved: {diff}"
-    again = _run(["dvc", "repro"], project).stdout
+    again = run_command(["dvc", "repro"], project).stdout
     assert "Running stage" not in again  # an identical rerun does nothing
     current = yaml.safe_load((project / "params.yaml").read_text())
     for name in BAD_METHOD_NAMES:  # refused by the prompts stage's params check before any command names it
@@ -305,7 +263,7 @@ def test_dvc_repro_demo_then_metrics_diff(tmp_path):
         bad["methods"][name] = {}
         _write_params(project, bad)
         before = {p for p in project.rglob("*") if ".dvc" not in p.parts}
-        proc = _run(["dvc", "repro"], project, check=False)
+        proc = run_command(["dvc", "repro"], project, check=False)
         assert proc.returncode != 0, proc.stdout
         _assert_nothing_ran(project, before)
         _write_params(project, current)
@@ -316,7 +274,7 @@ def _write_params(project: Path, params: dict) -> None:
 
 
 def _small_params() -> dict:
-    return _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), SMALL)
+    return merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), SMALL)
 
 
 BAD_METHOD_NAMES = ["x`touch PWNED`", "../../../escaped"]
@@ -337,14 +295,14 @@ def test_snakemake_training_param_change_retrains_and_identical_rerun_does_nothi
     target = "results/metrics/evaluate/ace_lora/chexpert.json"
     before_train = (snakemake_demo / "results/metrics/train/ace_lora.json").read_text()
     before_eval = (snakemake_demo / target).read_text()
-    assert "Nothing to be done" in _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", target],
-                                        snakemake_demo).stdout
+    assert "Nothing to be done" in run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "2", target],
+                                                snakemake_demo).stdout
     params["train"]["lr"] = params["train"]["lr"] * 3
     _write_params(snakemake_demo, params)
-    _run([sys.executable, "-m", "snakemake", "--cores", "2", target], snakemake_demo)
+    run_command([sys.executable, "-m", "snakemake", "--cores", "2", target], snakemake_demo)
     assert (snakemake_demo / "results/metrics/train/ace_lora.json").read_text() != before_train
     assert (snakemake_demo / target).read_text() != before_eval, "a new lr must reach the evaluation metrics"
-    again = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", target], snakemake_demo)
+    again = run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "2", target], snakemake_demo)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -352,9 +310,10 @@ def test_snakemake_removed_method_leaves_the_report(snakemake_demo):
     params = _small_params()
     del params["methods"]["lora_only"]
     _write_params(snakemake_demo, params)
-    dry = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "results/benchmarks.md"], snakemake_demo)
+    dry = run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "results/benchmarks.md"],
+                      snakemake_demo)
     assert "report" in set(re.findall(r"^rule (\w+):", dry.stdout, re.M))
-    _run([sys.executable, "-m", "ace_lora", "report"], snakemake_demo)  # the report job's command
+    run_command([sys.executable, "-m", "ace_lora", "report"], snakemake_demo)  # the report job's command
     table = (snakemake_demo / "results/benchmarks.md").read_text()
     assert "lora_only" not in table and all(m in table for m in params["methods"]), table
 
@@ -365,7 +324,7 @@ def test_snakemake_refuses_a_method_name_that_is_not_a_word(snakemake_demo, name
     params["methods"][name] = {}
     _write_params(snakemake_demo, params)
     before = {p for p in snakemake_demo.rglob("*") if ".snakemake" not in p.parts}
-    proc = _run([sys.executable, "-m", "snakemake", "--cores", "1"], snakemake_demo, check=False)
+    proc = run_command([sys.executable, "-m", "snakemake", "--cores", "1"], snakemake_demo, check=False)
     assert proc.returncode != 0 and "methods" in proc.stdout + proc.stderr
     _assert_nothing_ran(snakemake_demo, before)
     _write_params(snakemake_demo, _small_params())

@@ -14,78 +14,8 @@ from PIL import Image
 
 from ace_lora.config import EvaluateConfig
 from ace_lora.eval import zeroshot
-
-VOCAB = ["No Finding", "normal", "atelectasis", "cardiomegaly", "edema", "effusion", "pneumothorax", "pneumonia"]
-SIZE, PATCH = 32, 8  # 4 x 4 patch grid
-
-
-class FakeModel(torch.nn.Module):
-    """Implements the model contract of docs/ARCHITECTURE.md without learning anything.
-
-    A text's embedding is the one-hot vector of the first vocabulary word it contains. An image patch of mean
-    intensity ``v`` embeds as a soft one-hot centred on vocabulary index ``v * (len(VOCAB) - 1)``; the CLS node is
-    the same function of the whole image's mean intensity. So an image of intensity ``k / (len(VOCAB) - 1)``
-    matches the prompts of ``VOCAB[k]``.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.logit_scale = torch.nn.Parameter(torch.tensor(50.0))
-        self.dim = len(VOCAB)
-        self.preset = type("Preset", (), {"image_size": SIZE, "context_length": 6, "embed_dim": self.dim})()
-
-    def image_transform(self, train: bool = False):
-        def transform(img: Image.Image) -> torch.Tensor:
-            arr = np.asarray(img.convert("RGB").resize((SIZE, SIZE)), dtype=np.float32) / 255.0
-            return torch.from_numpy(arr).permute(2, 0, 1)
-        return transform
-
-    def _embed_level(self, v: torch.Tensor) -> torch.Tensor:  # (...,) -> (..., D)
-        centre = v.unsqueeze(-1) * (self.dim - 1)
-        return F.normalize(torch.exp(-4.0 * (centre - torch.arange(self.dim)) ** 2), dim=-1)
-
-    def image_nodes(self, images: torch.Tensor):
-        gray = images.float().mean(1)  # (B, H, W)
-        patches = F.avg_pool2d(gray.unsqueeze(1), PATCH).flatten(1)  # (B, P)
-        nodes = torch.cat([self._embed_level(gray.mean((1, 2)))[:, None], self._embed_level(patches)], 1)
-        return nodes, torch.zeros(len(images), patches.shape[1])
-
-    def image_global(self, nodes, prior):
-        return nodes[:, 0]
-
-    def encode_image(self, images):
-        return self.image_global(*self.image_nodes(images))
-
-    def tokenize(self, texts):
-        ids = torch.zeros(len(texts), 6, dtype=torch.long)
-        for i, text in enumerate(texts):
-            low = text.lower()
-            hits = [(low.find(w.lower()), -len(w), j) for j, w in enumerate(VOCAB) if w.lower() in low]
-            ids[i, 0] = min(hits)[2] + 1
-            ids[i, 1] = 1
-        return ids, (ids > 0).long()
-
-    def text_nodes(self, ids, mask):
-        nodes = F.one_hot(ids[:, :1].clamp(min=1) - 1, self.dim).float().expand(-1, ids.shape[1], -1)
-        return nodes, torch.zeros(len(ids), ids.shape[1] - 1), mask.bool()
-
-    def text_global(self, nodes, prior, node_mask):
-        return F.normalize(nodes[:, 0], dim=-1)
-
-    def encode_text(self, ids, mask):
-        return self.text_global(*self.text_nodes(ids, mask))
-
-
-@dataclasses.dataclass
-class FakeSpec:
-    name: str
-    task: str
-    classes: list
-    domain: str = "chest"
-
-
-def level(name: str) -> int:
-    return int(round(255 * VOCAB.index(name) / (len(VOCAB) - 1)))
+from eval_fakes import FakeModel, FakeSpec, level, prompts_for
+from model_support import tiny_model
 
 
 def write_images(root: Path, labels: list[str], split: str = "test") -> pd.DataFrame:
@@ -96,10 +26,6 @@ def write_images(root: Path, labels: list[str], split: str = "test") -> pd.DataF
         Image.fromarray(np.full((40, 40), level(name), np.uint8)).save(root / path)
         rows.append({"image": path, "split": split, "label": name, "patient_id": i, "study_id": i})
     return pd.DataFrame(rows)
-
-
-def prompts_for(classes):
-    return {c: [f"a chest x-ray image of {c}.", f"findings suggesting {c}."] for c in classes}
 
 
 CFG = EvaluateConfig(batch_size=4, bootstrap=50, seed=0)
@@ -223,13 +149,6 @@ def test_clear_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the real tiny model
-
-
-def tiny_model(folder: Path):
-    """The real tiny preset (random towers) with the model tests' small vocabulary written under ``folder``."""
-    from model_support import build_tiny, write_vocab
-
-    return build_tiny(write_vocab(folder / "vocab"))
 
 
 @pytest.mark.parametrize("ensemble", ["mean", "token_average"])
