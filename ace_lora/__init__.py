@@ -29,7 +29,7 @@ _EXPORTS = {
     "load_benchmark": "ace_lora.data.benchmarks",
     "build_prompts": "ace_lora.prompts",
     "read_prompts": "ace_lora.prompts",
-    "build_zero_shot_classifier": "ace_lora.eval.zeroshot",
+    "build_zero_shot_classifier": "ace_lora.eval.common",
     "evaluate_benchmark": "ace_lora.eval.zeroshot",
 }
 

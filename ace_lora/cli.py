@@ -113,7 +113,7 @@ def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
     from ace_lora.distributed import choose_device
     from ace_lora.eval.zeroshot import evaluate_benchmark
     from ace_lora.models import load_adapter
-    from ace_lora.plots import write_plot_csvs
+    from ace_lora.plots import save_overlays, write_plot_csvs
     from ace_lora.prompts import read_prompts
 
     paths = stage_paths(params, method=args.method, dataset=args.dataset)
@@ -125,11 +125,11 @@ def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
         for name in benchmarks_of(args.dataset):
             spec, manifest = load_benchmark(name, Path(params.paths.processed))
             prompts = read_prompts(paths["prompts"], spec.name, spec.classes)
-            values, artifacts = evaluate_benchmark(model, spec, manifest, paths["processed"], prompts,
-                                                   params.evaluate, device, source=paths["prompts"],
-                                                   overlay_dir=out)
+            values, tables, overlays = evaluate_benchmark(model, spec, manifest, paths["processed"], prompts,
+                                                          params.evaluate, device, source=paths["prompts"])
             metrics.update(values)
-            write_plot_csvs(artifacts, out, prefix=f"{name}_")
+            write_plot_csvs(tables, out, prefix=f"{name}_")
+            save_overlays(overlays, out)
             log.info("%s: %d test images (%s task); %s", name, len(manifest), spec.task, _headline(values))
     atomic_write_json(paths["metrics"], metrics)
     log.info("wrote %d metrics to %s and %d files to %s", len(metrics), paths["metrics"],

@@ -1,8 +1,9 @@
-"""Figures: grounding overlays (written by evaluation) and the results page's charts (written by the report stage).
+"""Figures: grounding overlays (the evaluate stage) and the results page's charts (the report stage).
 
-Every function draws one PNG with matplotlib's Agg backend (no display needed) and writes it atomically. Evaluation
-calls the overlay functions; the report stage draws the rest from evaluation's and training's CSV files, so changing
-a chart never reruns an evaluation. Colours: one per method, fixed by the method's position in ``params.methods``.
+Every function draws one PNG with matplotlib's Agg backend (no display needed) and writes it atomically. The evaluate
+stage draws the overlays evaluation returns (:func:`save_overlays`) and writes its tables (:func:`write_plot_csvs`);
+the report stage draws the rest from evaluation's and training's CSV files, so changing a chart never reruns an
+evaluation. Colours: one per method, fixed by the method's position in ``params.methods``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "save_benchmark_chart",
     "save_confusion_chart",
     "save_detection_overlay",
+    "save_overlays",
     "save_roc_chart",
     "save_segmentation_overlay",
     "save_training_curves",
@@ -120,6 +122,14 @@ def save_detection_overlay(image: np.ndarray, heatmap: np.ndarray, pred_boxes: I
                            path: str | Path, title: str = "") -> Path:
     """PNG of :func:`draw_detection_overlay`."""
     return _save(draw_detection_overlay(image, heatmap, pred_boxes, gt_boxes, title), path)
+
+
+def save_overlays(overlays: Iterable, out_dir: str | Path) -> list[Path]:
+    """PNG of every overlay record (``ace_lora.eval.common.Overlay``: ``kind``, ``filename``, ``title``, ``image``,
+    ``heatmap``, ``prediction``, ``truth``) as ``out_dir/<filename>``, in order."""
+    save = {"segmentation": save_segmentation_overlay, "detection": save_detection_overlay}
+    return [save[o.kind](o.image, o.heatmap, o.prediction, o.truth, Path(out_dir) / o.filename, title=o.title)
+            for o in overlays]
 
 
 # ------------------------------------------------------------------------------------ results charts

@@ -293,7 +293,7 @@ def make_validator(params: Params, model: nn.Module, device: torch.device, bf16:
     key = f"zeroshot/{name}/auroc"
 
     def validate(m: nn.Module) -> float:
-        metrics, _ = evaluate_benchmark(m, spec, manifest, spec.root(processed), prompts, eval_cfg, device)
+        metrics = evaluate_benchmark(m, spec, manifest, spec.root(processed), prompts, eval_cfg, device).metrics
         if key not in metrics:
             raise KeyError(f"evaluate_benchmark({name}) returned no {key}: {sorted(metrics)}")
         return float(metrics[key])

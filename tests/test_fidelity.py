@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ace_lora.data.prepare import _resize_shortest
-from ace_lora.eval import zeroshot
+from ace_lora.eval import common
 from ace_lora.models import PRESETS
 from ace_lora.models.dropout import active_dropout_sites
 from ace_lora.models.tokenizer import clean_text, load_tokenizer, tokenize
@@ -130,7 +130,7 @@ class _NodesModel(torch.nn.Module):
 
 def test_token_average_does_not_renormalise_the_averaged_nodes():
     model = _NodesModel()
-    out = zeroshot.build_zero_shot_classifier(model, {"a": ["p", "q"]}, ["a"], ensemble="token_average")
+    out = common.build_zero_shot_classifier(model, {"a": ["p", "q"]}, ["a"], ensemble="token_average")
     # position-wise means by hand: (1,0)+(0,1) -> (.5,.5); (0,1)+(0,1) -> (0,1); (1,0)+(.6,.8) -> (.8,.4)
     torch.testing.assert_close(model.seen["nodes"], torch.tensor([[[0.5, 0.5], [0.0, 1.0], [0.8, 0.4]]]))
     torch.testing.assert_close(model.seen["prior"], torch.tensor([[0.4, 0.2]]))

@@ -14,6 +14,7 @@ from ace_lora.config import EvaluateConfig
 from ace_lora.eval import grounding
 from ace_lora.eval.metrics import dice
 from ace_lora.eval.zeroshot import evaluate_benchmark
+from ace_lora.plots import save_overlays
 from eval_fakes import SIZE, FakeModel, FakeSpec, level, prompts_for
 from model_support import tiny_model
 
@@ -84,8 +85,7 @@ def test_segmentation_through_evaluate_benchmark(tmp_path):
     write_dataset(root)
     spec, test = load_benchmark("siim_seg", tmp_path / "processed")
     cfg = dataclasses.replace(CFG, dataeff_fractions=[0.5, 1.0], dataeff_steps=100, dataeff_lr=0.1)
-    metrics, artifacts = evaluate_benchmark(FakeModel(), spec, test, root, prompts_for(CLASSES), cfg, "cpu",
-                                            overlay_dir=tmp_path / "overlays")
+    metrics, artifacts, overlays = evaluate_benchmark(FakeModel(), spec, test, root, prompts_for(CLASSES), cfg, "cpu")
     p = "grounding/siim_seg"
     assert metrics[f"{p}/n_images"] == 6
     assert all(type(v) in (int, float) for v in metrics.values())  # plain JSON numbers
@@ -93,7 +93,9 @@ def test_segmentation_through_evaluate_benchmark(tmp_path):
     assert metrics[f"{p}/dice_ci_low"] <= metrics[f"{p}/dice"] <= metrics[f"{p}/dice_ci_high"]
     assert -50.0 < metrics[f"{p}/threshold"] < 50.0  # log-odds, strictly inside the fake's extremes
     assert len(artifacts["predictions"]) == 6 and len(artifacts["thresholds"]) > 2
+    save_overlays(overlays, tmp_path / "overlays")  # what the evaluate stage does with them
     assert len(list((tmp_path / "overlays").glob("grounding_siim_seg_*.png"))) == 2
+    assert len(overlays) == 2 * 3 and {o.kind for o in overlays} == {"segmentation"}  # 2 per protocol
     # data-efficient heads on 50 % / 100 % of the six train images learn the bright-region rule
     for protocol, n_train in (("dataeff_50pct", 3), ("dataeff_100pct", 6)):
         assert metrics[f"{protocol}/siim_seg/n_train"] == n_train
@@ -101,7 +103,7 @@ def test_segmentation_through_evaluate_benchmark(tmp_path):
         assert f"{protocol}_predictions" in artifacts
     # an uninformative direction (positive = negative prompts) does much worse
     same = {c: ["normal"] for c in CLASSES}
-    worse, _ = evaluate_benchmark(FakeModel(), spec, test, root, same, CFG, "cpu")
+    worse, _, _ = evaluate_benchmark(FakeModel(), spec, test, root, same, CFG, "cpu")
     assert worse[f"{p}/dice"] < metrics[f"{p}/dice"]
 
 
@@ -111,13 +113,16 @@ def test_detection_map(tmp_path):
     root = tmp_path / "processed" / "rsna"
     write_dataset(root, n_per_split=8, seed=1, positive="Pneumonia")
     spec, test = load_benchmark("rsna_det", tmp_path / "processed")
-    metrics, artifacts = evaluate_benchmark(FakeModel(), spec, test, root, prompts_for(spec.classes), CFG, "cpu")
+    metrics, artifacts, overlays = evaluate_benchmark(FakeModel(), spec, test, root, prompts_for(spec.classes), CFG,
+                                                      "cpu")
     p = "grounding/rsna_det"
     assert metrics[f"{p}/n_images"] == 5  # positive (boxed) test images only
     assert all(type(v) in (int, float) for v in metrics.values())
     assert metrics[f"{p}/map"] > 0.5
     assert metrics[f"{p}/map_ci_low"] <= metrics[f"{p}/map"] <= metrics[f"{p}/map_ci_high"]
     assert set(artifacts["predictions"].columns) == {"image", "x1", "y1", "x2", "y2", "score"}
+    assert [o.filename for o in overlays] == ["grounding_rsna_det_000.png", "grounding_rsna_det_001.png"]
+    assert all(o.truth.shape[1:] == (4,) and 0 <= o.heatmap.min() <= o.heatmap.max() <= 1 for o in overlays)
 
 
 def test_grounding_errors(tmp_path):
@@ -147,7 +152,7 @@ def test_smoke_real_tiny_model_grounding(tmp_path):
     manifest = write_dataset(root, n_per_split=3)
     spec = FakeSpec("siim_seg", "segmentation", list(CLASSES))
     test, val = manifest[manifest.split == "test"], manifest[manifest.split == "val"]
-    metrics, artifacts = grounding.evaluate_grounding(model, spec, test, root, prompts_for(CLASSES), CFG, "cpu",
+    metrics, artifacts, _ = grounding.evaluate_grounding(model, spec, test, root, prompts_for(CLASSES), CFG, "cpu",
                                                       val_manifest=val)
     assert 0.0 <= metrics["grounding/siim_seg/dice"] <= 1.0
     assert len(artifacts["predictions"]) == 3

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ace_lora.config import EvaluateConfig
-from ace_lora.eval import zeroshot
+from ace_lora.eval import common, zeroshot
 from eval_fakes import FakeModel, FakeSpec, level, prompts_for
 from model_support import tiny_model
 
@@ -35,11 +35,11 @@ CLASSES = ["atelectasis", "cardiomegaly", "edema", "effusion"]
 def test_classifier_is_normalised_mean_of_prompt_embeddings():
     model = FakeModel()
     prompts = {"edema": ["edema", "cardiomegaly"], "normal": ["normal"]}
-    clf = zeroshot.build_zero_shot_classifier(model, prompts, ["edema", "normal"])
+    clf = common.build_zero_shot_classifier(model, prompts, ["edema", "normal"])
     expected = F.normalize(model.encode_text(*model.tokenize(prompts["edema"])).mean(0), dim=-1)
     torch.testing.assert_close(clf[0], expected)
     torch.testing.assert_close(clf.norm(dim=1), torch.ones(2))
-    tok = zeroshot.build_zero_shot_classifier(model, prompts, ["edema", "normal"], ensemble="token_average")
+    tok = common.build_zero_shot_classifier(model, prompts, ["edema", "normal"], ensemble="token_average")
     torch.testing.assert_close(tok, clf)  # this fake's text_global reads node 0 only: both ensembles agree
 
 
@@ -53,24 +53,24 @@ def test_token_average_passes_averaged_nodes_through_text_global():
         return original(nodes, prior, node_mask)
 
     model.text_global = spy
-    zeroshot.build_zero_shot_classifier(model, {"edema": ["edema", "edema x", "edema y"]}, ["edema"],
+    common.build_zero_shot_classifier(model, {"edema": ["edema", "edema x", "edema y"]}, ["edema"],
                                         ensemble="token_average")
     assert seen["shape"] == (1, 6, model.dim)  # one averaged sequence, not three
 
 
 def test_missing_class_names_class_and_file():
     with pytest.raises(KeyError, match=r"'edema'.*prompts\.json"):
-        zeroshot.build_zero_shot_classifier(FakeModel(), {"normal": ["normal"]}, ["normal", "edema"],
+        common.build_zero_shot_classifier(FakeModel(), {"normal": ["normal"]}, ["normal", "edema"],
                                             source="results/prompts.json")
     with pytest.raises(ValueError, match="ensemble"):
-        zeroshot.build_zero_shot_classifier(FakeModel(), {"normal": ["normal"]}, ["normal"], ensemble="max")
+        common.build_zero_shot_classifier(FakeModel(), {"normal": ["normal"]}, ["normal"], ensemble="max")
 
 
 def test_multiclass_perfect_model_scores_100_percent(tmp_path):
     labels = [c for c in CLASSES for _ in range(5)]
     manifest = write_images(tmp_path, labels)
     spec = FakeSpec("chexpert5x200", "multiclass", CLASSES)
-    metrics, artifacts = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path, prompts_for(CLASSES),
+    metrics, artifacts, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path, prompts_for(CLASSES),
                                                      CFG, "cpu")
     p = "zeroshot/chexpert5x200"
     assert metrics[f"{p}/n_images"] == 20
@@ -87,7 +87,7 @@ def test_multiclass_perfect_model_scores_100_percent(tmp_path):
     assert set(artifacts["roc"]["class"]) == set(CLASSES)
     # a shuffled manifest gives the same point estimates: predictions follow row order
     shuffled = manifest.sample(frac=1.0, random_state=0)
-    again, art = zeroshot.evaluate_benchmark(FakeModel(), spec, shuffled, tmp_path, prompts_for(CLASSES), CFG, "cpu")
+    again, art, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, shuffled, tmp_path, prompts_for(CLASSES), CFG, "cpu")
     assert {k: v for k, v in again.items() if "_ci_" not in k} == {k: v for k, v in metrics.items() if "_ci_" not in k}
     assert list(art["predictions"]["actual"]) == list(shuffled["label"])
 
@@ -96,13 +96,13 @@ def test_binary_auroc_uses_positive_class(tmp_path):
     labels = ["normal"] * 6 + ["pneumothorax"] * 4
     manifest = write_images(tmp_path, labels)
     spec = FakeSpec("siim", "binary", ["normal", "pneumothorax"])
-    metrics, artifacts = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path,
+    metrics, artifacts, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path,
                                                      prompts_for(spec.classes), CFG, "cpu")
     assert metrics["zeroshot/siim/auroc"] == pytest.approx(1.0)
     assert metrics["zeroshot/siim/accuracy"] == pytest.approx(1.0)
     assert set(artifacts["roc"]["class"]) == {"pneumothorax"}
     # the bootstrap can be switched off: no CI keys
-    metrics, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path, prompts_for(spec.classes),
+    metrics, _, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path, prompts_for(spec.classes),
                                              dataclasses.replace(CFG, bootstrap=0), "cpu")
     assert "zeroshot/siim/auroc_ci_low" not in metrics
 
@@ -115,7 +115,7 @@ def test_multilabel_scores_each_finding_against_no_finding(tmp_path):
         manifest[f] = (manifest["label"] == f).astype(int)
     manifest = manifest.drop(columns="label")
     spec = FakeSpec("nih14", "multilabel", findings)
-    metrics, artifacts = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path,
+    metrics, artifacts, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path,
                                                      prompts_for(findings + ["No Finding"]), CFG, "cpu")
     assert metrics["zeroshot/nih14/auroc"] == pytest.approx(1.0)
     assert metrics["zeroshot/nih14/auroc_edema"] == pytest.approx(1.0)
@@ -128,7 +128,7 @@ def test_multilabel_with_no_finding_as_a_label(tmp_path):
     for f in ("edema", "effusion", "No Finding"):
         manifest[f] = (manifest["label"] == f).astype(int)
     spec = FakeSpec("mimic", "multilabel", ["edema", "No Finding", "effusion"])
-    metrics, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest.drop(columns="label"), tmp_path,
+    metrics, _, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest.drop(columns="label"), tmp_path,
                                              prompts_for(spec.classes), CFG, "cpu")
     assert metrics["zeroshot/mimic/auroc_no_finding"] == pytest.approx(1.0)
     assert metrics["zeroshot/mimic/auroc"] == pytest.approx(1.0)
@@ -163,7 +163,7 @@ def test_smoke_real_tiny_model(tmp_path, ensemble):
         rows.append({"image": path, "split": "test", "label": CLASSES[i % 3]})
     spec = FakeSpec("chexpert5x200", "multiclass", CLASSES[:3])
     cfg = dataclasses.replace(CFG, ensemble=ensemble)
-    metrics, artifacts = zeroshot.evaluate_benchmark(model, spec, pd.DataFrame(rows), tmp_path,
+    metrics, artifacts, _ = zeroshot.evaluate_benchmark(model, spec, pd.DataFrame(rows), tmp_path,
                                                      prompts_for(CLASSES[:3]), cfg, "cpu")
     for name in ("accuracy", "balanced_accuracy", "auroc", "f1"):
         assert 0.0 <= metrics[f"zeroshot/chexpert5x200/{name}"] <= 1.0
@@ -183,7 +183,7 @@ def test_precision_bf16_autocasts_on_cpu(tmp_path):
         rows.append({"image": f"images/{i}.png", "split": "test", "label": CLASSES[i % 2]})
     manifest = pd.DataFrame(rows)
     images = {p: zeroshot.embed_images(model, manifest, tmp_path, 4, precision=p) for p in ("fp32", "bf16", "auto")}
-    classes = {p: zeroshot.build_zero_shot_classifier(model, prompts_for(CLASSES[:2]), CLASSES[:2], precision=p)
+    classes = {p: common.build_zero_shot_classifier(model, prompts_for(CLASSES[:2]), CLASSES[:2], precision=p)
                for p in ("fp32", "bf16")}
     assert torch.equal(images["auto"], images["fp32"])  # auto = fp32 on CPU
     for got in (images, classes):

@@ -1,1 +1,1 @@
-"""Evaluation: metrics, zero-shot classification, zero-shot grounding and the results report."""
+"""Evaluation: metrics, zero-shot classification and grounding; returns data, draws nothing (layers: ``common``)."""

@@ -43,14 +43,19 @@ from PIL import Image
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
+from ace_lora.config import EvaluateConfig
 from ace_lora.distributed import autocast
 from ace_lora.eval import metrics as M
-from ace_lora.eval.zeroshot import (
-    _eval_mode,
-    _image_dataset,
-    _model_device,
-    _positive_index,
+from ace_lora.eval.common import (
+    EvalModel,
+    Evaluation,
+    Overlay,
     build_zero_shot_classifier,
+    eval_mode,
+    image_dataset,
+    logit_scale,
+    model_device,
+    positive_index,
 )
 from ace_lora.progress import progress
 
@@ -102,15 +107,15 @@ def regions_to_boxes(prob: np.ndarray, threshold: float) -> tuple[np.ndarray, np
 
 
 @torch.inference_mode()
-def patch_features(model: Any, manifest: pd.DataFrame, root: str | Path, eval_cfg: Any,
+def patch_features(model: EvalModel, manifest: pd.DataFrame, root: str | Path, eval_cfg: EvaluateConfig,
                    device: torch.device | str | None = None, desc: str = "patches") -> torch.Tensor:
     """Patch nodes ``(N, g, g, D)`` (float16, CPU) of every manifest row, in row order (frozen encoder)."""
-    device = _model_device(model, device)
-    dataset = _image_dataset(manifest.reset_index(drop=True), Path(root), model.image_transform(False))
+    device = model_device(model, device)
+    dataset = image_dataset(manifest.reset_index(drop=True), Path(root), model.image_transform(False))
     loader = DataLoader(dataset, batch_size=eval_cfg.batch_size, shuffle=False, num_workers=eval_cfg.num_workers,
                         pin_memory=device.type == "cuda")
     out: torch.Tensor | None = None
-    with _eval_mode(model), autocast(device, eval_cfg.precision):
+    with eval_mode(model), autocast(device, eval_cfg.precision):
         for batch in progress(loader, desc, unit="batch"):
             nodes, _ = model.image_nodes(batch["image"].to(device, non_blocking=True))
             patches = nodes[:, 1:].float()  # (B, P, D)
@@ -180,36 +185,34 @@ def _masks(manifest: pd.DataFrame, root: Path, size: int) -> list[np.ndarray]:
     return out
 
 
-def _input_size(model: Any) -> int:
-    return int(model.preset.image_size)
-
-
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 
 
-def _image_for_overlay(root: Path, rel: str, size: int) -> np.ndarray:
+def _overlay(kind: str, spec, head: _Head, i: int, root: Path, rel: str, prob: np.ndarray, prediction: np.ndarray,
+             truth: np.ndarray, size: int, caption: str) -> Overlay:
+    """The figure data of test image ``i`` (grey image in the input geometry, sigmoid heatmap)."""
     with Image.open(root / rel) as img:
-        return fit_to_input(img.convert("L"), size, Image.Resampling.BICUBIC)
+        image = fit_to_input(img.convert("L"), size, Image.Resampling.BICUBIC)
+    return Overlay(kind, filename=f"{head.protocol}_{spec.name}_{i:03d}.png",
+                   title=f"{spec.name} test #{i}, {head.protocol}: {caption}", image=image, heatmap=_sigmoid(prob),
+                   prediction=prediction, truth=truth)
 
 
 def _evaluate_segmentation(spec, head: _Head, val_maps, val_masks, test_maps, test, test_masks, root, eval_cfg,
-                           size, overlay_dir):
+                           size) -> Evaluation:
     prefix = f"{head.protocol}/{spec.name}"
     thresholds = _candidate_thresholds(val_maps, eval_cfg.grounding_thresholds)
     threshold, curve = choose_threshold_dice([upsample_map(g, size) for g in val_maps], val_masks, thresholds)
-    rows = []
+    rows, overlays = [], []
     for i, (grid, gt) in enumerate(zip(test_maps, test_masks)):
         prob = upsample_map(grid, size)
         pred = prob >= threshold
         rows.append({"image": test["image"].iloc[i], "dice": M.dice(pred, gt), "gt_pixels": int(gt.sum()),
                      "pred_pixels": int(pred.sum())})
-        if overlay_dir is not None and i < eval_cfg.overlays:
-            from ace_lora.plots import save_segmentation_overlay
-
-            save_segmentation_overlay(_image_for_overlay(root, test["image"].iloc[i], size), _sigmoid(prob), pred,
-                                      gt, Path(overlay_dir) / f"{head.protocol}_{spec.name}_{i:03d}.png",
-                                      title=f"{spec.name} test #{i}, {head.protocol}: Dice {rows[-1]['dice']:.2f}")
+        if i < eval_cfg.overlays:
+            overlays.append(_overlay("segmentation", spec, head, i, root, test["image"].iloc[i], prob, pred, gt, size,
+                                     f"Dice {rows[-1]['dice']:.2f}"))
     per_image = pd.DataFrame(rows)
     dices = per_image["dice"].to_numpy()
     out = {f"{prefix}/n_images": int(len(dices)), f"{prefix}/threshold": threshold,
@@ -221,7 +224,7 @@ def _evaluate_segmentation(spec, head: _Head, val_maps, val_masks, test_maps, te
     if positive.any():
         out[f"{prefix}/dice_positive"] = float(dices[positive].mean())
     curve_frame = pd.DataFrame({"threshold": thresholds, "val_dice": curve})
-    return out, {"predictions": per_image, "thresholds": curve_frame}
+    return Evaluation(out, {"predictions": per_image, "thresholds": curve_frame}, overlays)
 
 
 # ------------------------------------------------------------------------------------------- detection
@@ -257,8 +260,8 @@ def _with_boxes(frame: pd.DataFrame, boxes: pd.DataFrame, spec, split: str) -> p
     return kept
 
 
-def _evaluate_detection(spec, head: _Head, val_maps, val_gt, test_maps, test, test_gt, root, eval_cfg, size,
-                        overlay_dir):
+def _evaluate_detection(spec, head: _Head, val_maps, val_gt, test_maps, test, test_gt, root, eval_cfg, size
+                        ) -> Evaluation:
     prefix = f"{head.protocol}/{spec.name}"
     probs_val = [upsample_map(g, size) for g in val_maps]
     thresholds = _candidate_thresholds(val_maps, eval_cfg.grounding_thresholds)[:-1]
@@ -281,15 +284,10 @@ def _evaluate_detection(spec, head: _Head, val_maps, val_gt, test_maps, test, te
     rows = [{"image": test["image"].iloc[i], "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "score": s}
             for i in range(len(test)) for b, s in zip(pred_boxes[i], scores[i])]
     predictions = pd.DataFrame(rows, columns=["image", "x1", "y1", "x2", "y2", "score"])
-    if overlay_dir is not None:
-        from ace_lora.plots import save_detection_overlay
-
-        for i in range(min(eval_cfg.overlays, len(test))):
-            save_detection_overlay(_image_for_overlay(root, test["image"].iloc[i], size), _sigmoid(probs[i]),
-                                   pred_boxes[i], test_gt[i],
-                                   Path(overlay_dir) / f"{head.protocol}_{spec.name}_{i:03d}.png",
-                                   title=f"{spec.name} test #{i}, {head.protocol}: {len(pred_boxes[i])} boxes")
-    return out, {"predictions": predictions, "thresholds": pd.DataFrame({"threshold": thresholds, "val_map": curve})}
+    overlays = [_overlay("detection", spec, head, i, root, test["image"].iloc[i], probs[i], pred_boxes[i], test_gt[i],
+                         size, f"{len(pred_boxes[i])} boxes") for i in range(min(eval_cfg.overlays, len(test)))]
+    curve_frame = pd.DataFrame({"threshold": thresholds, "val_map": curve})
+    return Evaluation(out, {"predictions": predictions, "thresholds": curve_frame}, overlays)
 
 
 # ------------------------------------------------------------------------------------- data-efficient
@@ -355,90 +353,119 @@ def _subset(n: int, fraction: float, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- entry
 
 
-def evaluate_grounding(model: Any, spec: Any, manifest: pd.DataFrame, root: str | Path,
-                       prompts: dict[str, list[str]], eval_cfg: Any, device: torch.device | str | None = None, *,
-                       source: str | None = None, overlay_dir: str | Path | None = None,
-                       val_manifest: pd.DataFrame | None = None, train_manifest: pd.DataFrame | None = None,
-                       boxes: pd.DataFrame | None = None) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+def _rows(spec, root: Path, split: str, given: pd.DataFrame | None, use: str) -> pd.DataFrame:
+    """The ``split`` rows of the benchmark (``given``, else read from ``root.parent``), renumbered; not empty."""
+    if given is None:
+        from ace_lora.data.benchmarks import load_benchmark
+
+        _, given = load_benchmark(spec.name, root.parent, split=split)
+    if len(given) == 0:
+        raise ValueError(f"{spec.name}: the {'validation' if split == 'val' else split} split is empty; {use}")
+    return given.reset_index(drop=True)
+
+
+def _zero_shot_head(model: EvalModel, spec, prompts: dict[str, list[str]], eval_cfg: EvaluateConfig,
+                    device: torch.device, source: str | None) -> _Head:
+    """Step 1 of the module docstring: ``s * (t_pos - t_neg)``, the log-odds direction of the class prompts."""
+    if len(spec.classes) != 2:
+        raise ValueError(f"{spec.name}: grounding needs a negative and a positive class, got {list(spec.classes)}")
+    pos = positive_index(spec)
+    classifier = build_zero_shot_classifier(model, prompts, [spec.classes[1 - pos], spec.classes[pos]],
+                                            eval_cfg.ensemble, device=device, source=source,
+                                            precision=eval_cfg.precision).float().cpu()
+    return _Head(logit_scale(model) * (classifier[1] - classifier[0]), 0.0, "grounding")
+
+
+def _dataeff_fractions(eval_cfg: EvaluateConfig) -> list[float]:
+    fractions = list(eval_cfg.dataeff_fractions)
+    bad = [f for f in fractions if not isinstance(f, (int, float)) or not 0 < f <= 1]
+    if bad:
+        raise ValueError(f"evaluate.dataeff_fractions: {bad} not in (0, 1]")
+    return fractions
+
+
+def _ground_truth(spec, splits: dict[str, pd.DataFrame], root: Path, size: int, boxes: pd.DataFrame | None
+                  ) -> tuple[dict[str, pd.DataFrame], dict[str, list[np.ndarray]]]:
+    """(the evaluated rows of each split, their masks or boxes in the input geometry); detection keeps the images
+    with a box."""
+    truth: dict[str, list[np.ndarray]] = {}
+    if spec.task == "segmentation":
+        for name, frame in splits.items():
+            if "mask" not in frame.columns:
+                raise ValueError(f"{spec.name}: the {name} manifest has no 'mask' column")
+            truth[name] = _masks(frame, root, size)
+        return splits, truth
+    boxes = _load_boxes(spec, root) if boxes is None else boxes
+    kept = {}
+    for name, frame in splits.items():
+        kept[name] = _with_boxes(frame, boxes, spec, {"val": "validation"}.get(name, name))
+        truth[name] = _gt_boxes(kept[name], boxes, size)
+    return kept, truth
+
+
+def _dataeff_heads(spec, features: torch.Tensor, truth: list[np.ndarray], fractions: list[float], size: int,
+                   eval_cfg: EvaluateConfig, device: torch.device) -> tuple[list[_Head], dict[str, float]]:
+    """A linear patch head per fraction of the train split (its patch nodes ``features`` and masks or boxes
+    ``truth``), and the ``n_train`` metric of each."""
+    masks = truth if spec.task == "segmentation" else _box_masks(truth, size)
+    targets = _grid_targets(masks, features.shape[1])
+    heads, n_train = [], {}
+    for fraction in fractions:
+        idx = torch.as_tensor(_subset(len(targets), fraction, eval_cfg.seed))
+        weight, bias = train_patch_probe(features[idx], targets[idx], steps=eval_cfg.dataeff_steps,
+                                         lr=eval_cfg.dataeff_lr, seed=eval_cfg.seed, device=device)
+        heads.append(_Head(weight, bias, _fraction_name(fraction)))
+        n_train[f"{_fraction_name(fraction)}/{spec.name}/n_train"] = int(len(idx))
+    return heads, n_train
+
+
+def evaluate_grounding(model: EvalModel, spec: Any, manifest: pd.DataFrame, root: str | Path,
+                       prompts: dict[str, list[str]], eval_cfg: EvaluateConfig,
+                       device: torch.device | str | None = None, *, source: str | None = None,
+                       val_manifest: pd.DataFrame | None = None,
+                       train_manifest: pd.DataFrame | None = None, boxes: pd.DataFrame | None = None) -> Evaluation:
     """Dense evaluation of a ``segmentation`` or ``detection`` benchmark (see the module docstring).
 
     Protocols: ``grounding`` (zero-shot, always) and, for each fraction in ``eval_cfg.dataeff_fractions``,
     ``dataeff_<pct>pct`` (a linear patch head trained on that seeded fraction of the train split, frozen encoder).
     ``manifest``: the test rows; ``val_manifest`` / ``train_manifest``: default
     ``load_benchmark(spec.name, root.parent, split=...)``; ``boxes`` (detection): ``boxes.csv`` rows (default:
-    read from the prepared data set). Keys ``<protocol>/<benchmark>/{dice,dice_ci_low,dice_ci_high,dice_positive,
-    threshold,val_dice,n_images}`` or ``.../{map,map_ci_low,map_ci_high,threshold,val_map,n_images}``, plus
-    ``dataeff_<pct>pct/<benchmark>/n_train``. Artifacts: ``predictions`` and ``thresholds`` (grounding), prefixed
-    with the protocol for the data-efficient heads.
+    read from the prepared data set). Metrics: ``<protocol>/<benchmark>/{dice,dice_ci_low,dice_ci_high,
+    dice_positive,threshold,val_dice,n_images}`` or ``.../{map,map_ci_low,map_ci_high,threshold,val_map,n_images}``,
+    plus ``dataeff_<pct>pct/<benchmark>/n_train``. Tables: ``predictions`` and ``thresholds`` (grounding), prefixed
+    with the protocol for the data-efficient heads. Overlays: the first ``eval_cfg.overlays`` test images of every
+    protocol, named ``<protocol>_<benchmark>_<i:03d>.png``.
     """
-    from ace_lora.data.benchmarks import load_benchmark
-
     root = Path(root)
-    device = _model_device(model, device)
+    device = model_device(model, device)
     if spec.task not in ("segmentation", "detection"):
         raise ValueError(f"{spec.name}: grounding needs a segmentation or detection task, got {spec.task!r}")
     if manifest is None or len(manifest) == 0:
         raise ValueError(f"{spec.name}: the test split is empty (data under {root})")
-    if val_manifest is None:
-        _, val_manifest = load_benchmark(spec.name, root.parent, split="val")
-    if len(val_manifest) == 0:
-        raise ValueError(f"{spec.name}: the validation split is empty; the grounding threshold is chosen on it")
-    if len(spec.classes) != 2:
-        raise ValueError(f"{spec.name}: grounding needs a negative and a positive class, got {list(spec.classes)}")
-    pos = _positive_index(spec)
-    classifier = build_zero_shot_classifier(model, prompts, [spec.classes[1 - pos], spec.classes[pos]],
-                                            eval_cfg.ensemble, device=device, source=source,
-                                            precision=eval_cfg.precision).float().cpu()
-    scale = float(model.logit_scale.detach().float().cpu())
-    heads = [_Head(scale * (classifier[1] - classifier[0]), 0.0, "grounding")]
-    size = _input_size(model)
-    segmentation = spec.task == "segmentation"
-    splits = {"test": manifest.reset_index(drop=True), "val": val_manifest.reset_index(drop=True)}
-    fractions = list(eval_cfg.dataeff_fractions)
-    bad = [f for f in fractions if not isinstance(f, (int, float)) or not 0 < f <= 1]
-    if bad:
-        raise ValueError(f"evaluate.dataeff_fractions: {bad} not in (0, 1]")
+    splits = {"test": manifest.reset_index(drop=True),
+              "val": _rows(spec, root, "val", val_manifest, "the grounding threshold is chosen on it")}
+    heads = [_zero_shot_head(model, spec, prompts, eval_cfg, device, source)]
+    size = int(model.preset.image_size)
+    fractions = _dataeff_fractions(eval_cfg)
     if fractions:
-        if train_manifest is None:
-            _, train_manifest = load_benchmark(spec.name, root.parent, split="train")
-        if len(train_manifest) == 0:
-            raise ValueError(f"{spec.name}: the train split is empty; the data-efficient heads are trained on it")
-        splits["train"] = train_manifest.reset_index(drop=True)
-
-    truth: dict[str, list[np.ndarray]] = {}
-    if segmentation:
-        for name, frame in splits.items():
-            if "mask" not in frame.columns:
-                raise ValueError(f"{spec.name}: the {name} manifest has no 'mask' column")
-            truth[name] = _masks(frame, root, size)
-    else:
-        boxes = _load_boxes(spec, root) if boxes is None else boxes
-        for name in splits:
-            splits[name] = _with_boxes(splits[name], boxes, spec, {"val": "validation"}.get(name, name))
-            truth[name] = _gt_boxes(splits[name], boxes, size)
+        splits["train"] = _rows(spec, root, "train", train_manifest, "the data-efficient heads are trained on it")
+    splits, truth = _ground_truth(spec, splits, root, size, boxes)
     features = {name: patch_features(model, frame, root, eval_cfg, device, f"{spec.name} {name}")
                 for name, frame in splits.items()}
-
-    extra: dict[str, float] = {}
+    n_train: dict[str, float] = {}
     if fractions:
-        side = features["train"].shape[1]
-        masks = truth["train"] if segmentation else _box_masks(truth["train"], size)
-        targets = _grid_targets(masks, side)
-        for fraction in fractions:
-            idx = torch.as_tensor(_subset(len(targets), fraction, eval_cfg.seed))
-            weight, bias = train_patch_probe(features["train"][idx], targets[idx], steps=eval_cfg.dataeff_steps,
-                                             lr=eval_cfg.dataeff_lr, seed=eval_cfg.seed, device=device)
-            heads.append(_Head(weight, bias, _fraction_name(fraction)))
-            extra[f"{_fraction_name(fraction)}/{spec.name}/n_train"] = int(len(idx))
+        more, n_train = _dataeff_heads(spec, features["train"], truth["train"], fractions, size, eval_cfg, device)
+        heads += more
 
-    evaluate = _evaluate_segmentation if segmentation else _evaluate_detection
-    metrics: dict[str, float] = {}
-    artifacts: dict[str, pd.DataFrame] = {}
+    evaluate = _evaluate_segmentation if spec.task == "segmentation" else _evaluate_detection
+    result = Evaluation({}, {}, [])
     for head in heads:
-        values, frames = evaluate(spec, head, head.maps(features["val"]), truth["val"], head.maps(features["test"]),
-                                  splits["test"], truth["test"], root, eval_cfg, size, overlay_dir)
-        metrics.update(values)
+        values, tables, overlays = evaluate(spec, head, head.maps(features["val"]), truth["val"],
+                                            head.maps(features["test"]), splits["test"], truth["test"], root,
+                                            eval_cfg, size)
+        result.metrics.update(values)
         prefix = "" if head.protocol == "grounding" else f"{head.protocol}_"
-        artifacts.update({f"{prefix}{kind}": frame for kind, frame in frames.items()})
-    metrics.update(extra)
-    return metrics, artifacts
+        result.tables.update({f"{prefix}{kind}": frame for kind, frame in tables.items()})
+        result.overlays.extend(overlays)
+    result.metrics.update(n_train)
+    return result

@@ -1,6 +1,7 @@
-"""Zero-shot evaluation: one prompt classifier builder and one ``evaluate_benchmark`` that branches on the task.
+"""Zero-shot classification and ``evaluate_benchmark``, the one evaluation entry point, branching on the task.
 
-Classification (``multiclass`` / ``binary``): images and class prompts are embedded, logits are
+Classification (``multiclass`` / ``binary``): images and class prompts are embedded (the class prompts by
+:func:`ace_lora.eval.common.build_zero_shot_classifier`), logits are
 ``model.logit_scale * image_emb @ classifier.T`` (the learned scale, linear space) and softmax gives the class
 probabilities. ``multilabel`` (the NIH ChestX-ray14 validation set) scores every finding on its own, positive prompt
 against the negative class (see :func:`evaluate_benchmark`). ``segmentation`` / ``detection`` go to the zero-shot
@@ -9,7 +10,6 @@ grounding protocol in :mod:`ace_lora.eval.grounding`.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,23 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
 
+from ace_lora.config import EvaluateConfig
 from ace_lora.distributed import autocast
 from ace_lora.eval import metrics as M
+from ace_lora.eval.common import (
+    EvalModel,
+    Evaluation,
+    build_zero_shot_classifier,
+    eval_mode,
+    image_dataset,
+    logit_scale,
+    model_device,
+    positive_index,
+)
+from ace_lora.eval.grounding import evaluate_grounding
 from ace_lora.progress import progress
 
-__all__ = ["build_zero_shot_classifier", "embed_images", "evaluate_benchmark", "NEGATIVE_CLASS",
-           "CLASSIFICATION_METRICS"]
+__all__ = ["embed_images", "evaluate_benchmark", "NEGATIVE_CLASS", "CLASSIFICATION_METRICS"]
 
 #: The negative class of the multi-label protocol: each finding's prompts are scored against this class's prompts.
 NEGATIVE_CLASS = "No Finding"
@@ -43,99 +54,24 @@ CLASSIFICATION_METRICS = {
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
-    """Evaluation mode (LoRA dropout off) for the duration, then the previous mode again."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _model_device(model: torch.nn.Module, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
-
-
-def _check_prompts(prompts: dict[str, list[str]], classes: list[str], source: str | None) -> None:
-    where = f" in {source}" if source else ""
-    missing = [c for c in classes if c not in prompts]
-    if missing:
-        raise KeyError(f"no prompts for class(es) {', '.join(map(repr, missing))}{where}; "
-                       f"prompts exist for: {', '.join(map(repr, prompts)) or 'none'}")
-    empty = [c for c in classes if not prompts[c]]
-    if empty:
-        raise ValueError(f"empty prompt list for class(es) {', '.join(map(repr, empty))}{where}")
-
-
-# ----------------------------------------------------------------------------------------- classifier
-
-
-@torch.inference_mode()
-def build_zero_shot_classifier(model: Any, prompts: dict[str, list[str]], classes: list[str],
-                               ensemble: str = "mean", *, device: torch.device | str | None = None,
-                               source: str | None = None, precision: str = "auto") -> torch.Tensor:
-    """Class embeddings ``(C, D)``, L2-normalised, one row per entry of ``classes`` (in that order).
-
-    ``ensemble="mean"``: each prompt is embedded (``model.encode_text``) and L2-normalised; a class embedding is
-    the mean over its prompts, re-normalised. ``ensemble="token_average"`` (the reference implementation): the
-    prompts' text-node sequences (``model.text_nodes``, each node L2-normalised) are averaged position by position
-    and passed once through ``model.text_global`` as they are, as the reference computes it: the averaged nodes are
-    not re-normalised (the hypergraph's cosine scores normalise them, its message passing does not); the prior is
-    the mean of the prompts' priors and the node mask their union.
-    ``source`` names the prompts file in error messages; ``precision``: see ``evaluate.precision``.
-    """
-    if ensemble not in ("mean", "token_average"):
-        raise ValueError(f"ensemble: {ensemble!r} is not one of ['mean', 'token_average']")
-    _check_prompts(prompts, classes, source)
-    device = _model_device(model, device)
-    rows = []
-    with _eval_mode(model), autocast(device, precision):
-        for name in classes:
-            ids, mask = model.tokenize(list(prompts[name]))
-            ids, mask = ids.to(device), mask.to(device)
-            if ensemble == "mean":
-                emb = F.normalize(model.encode_text(ids, mask).float(), dim=-1)  # (T, D)
-                rows.append(F.normalize(emb.mean(0), dim=-1))
-            else:
-                nodes, prior, node_mask = model.text_nodes(ids, mask)  # (T, L, D), (T, L-1), (T, L)
-                nodes = nodes.float().mean(0, keepdim=True)  # not re-normalised (reference)
-                prior = prior.float().mean(0, keepdim=True)
-                node_mask = node_mask.bool().any(0, keepdim=True)
-                rows.append(F.normalize(model.text_global(nodes, prior, node_mask).float()[0], dim=-1))
-    return torch.stack(rows)
 
 
 # --------------------------------------------------------------------------------------------- images
 
 
-def _image_dataset(manifest: pd.DataFrame, root: Path, transform):
-    from ace_lora.data.dataset import ImageDataset
-
-    return ImageDataset(manifest, root, transform)
-
-
 @torch.inference_mode()
-def embed_images(model: Any, manifest: pd.DataFrame, root: str | Path, batch_size: int = 64, num_workers: int = 0,
+def embed_images(model: EvalModel, manifest: pd.DataFrame, root: str | Path, batch_size: int = 64, num_workers: int = 0,
                  device: torch.device | str | None = None, desc: str = "images", precision: str = "auto"
                  ) -> torch.Tensor:
     """Global image embeddings ``(N, D)`` (float32, CPU, L2-normalised) in manifest row order."""
-    device = _model_device(model, device)
-    dataset = _image_dataset(manifest.reset_index(drop=True), Path(root), model.image_transform(False))
+    device = model_device(model, device)
+    dataset = image_dataset(manifest.reset_index(drop=True), Path(root), model.image_transform(False))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     out = torch.zeros(len(dataset), 0)
-    with _eval_mode(model), autocast(device, precision):
+    with eval_mode(model), autocast(device, precision):
         for batch in progress(loader, desc, unit="batch"):
             emb = F.normalize(model.encode_image(batch["image"].to(device, non_blocking=True)).float(), dim=-1)
             if out.shape[1] == 0:
@@ -173,11 +109,6 @@ def _roc_frame(y_bin: np.ndarray, scores: np.ndarray, names: list[str]) -> pd.Da
                                                                                       "threshold"])
 
 
-def _positive_index(spec: Any) -> int:
-    positive = getattr(spec, "positive", None)
-    return list(spec.classes).index(positive) if positive else len(spec.classes) - 1
-
-
 def _evaluate_single_label(model, spec, manifest, root, prompts, eval_cfg, device, source):
     classes = list(spec.classes)
     if "label" not in manifest.columns:
@@ -190,15 +121,14 @@ def _evaluate_single_label(model, spec, manifest, root, prompts, eval_cfg, devic
                                             source=source, precision=eval_cfg.precision)
     images = embed_images(model, manifest, root, eval_cfg.batch_size, eval_cfg.num_workers, device,
                           desc=spec.name, precision=eval_cfg.precision)
-    scale = float(model.logit_scale.detach().float().cpu())
-    logits = scale * images.double() @ classifier.double().cpu().T
+    logits = logit_scale(model) * images.double() @ classifier.double().cpu().T
     probs = torch.softmax(logits, dim=1).numpy()
 
     prefix = f"zeroshot/{spec.name}"
     out: dict[str, float] = {f"{prefix}/n_images": int(len(y))}
     if spec.task == "binary":
         # binary AUROC is the positive class's; order columns as (negative, positive)
-        pos = _positive_index(spec)
+        pos = positive_index(spec)
         scores = np.stack([probs[:, 1 - pos], probs[:, pos]], 1) if len(classes) == 2 else probs
         y_metric = (y == pos).astype(int) if len(classes) == 2 else y
     else:
@@ -215,14 +145,14 @@ def _evaluate_single_label(model, spec, manifest, root, prompts, eval_cfg, devic
     for c, name in enumerate(classes):
         predictions[f"prob_{_slug(name)}"] = probs[:, c]
     y_onehot = np.eye(len(classes), dtype=int)[y]
-    roc_names = [classes[_positive_index(spec)]] if spec.task == "binary" else classes
-    roc_cols = [_positive_index(spec)] if spec.task == "binary" else list(range(len(classes)))
+    roc_names = [classes[positive_index(spec)]] if spec.task == "binary" else classes
+    roc_cols = [positive_index(spec)] if spec.task == "binary" else list(range(len(classes)))
     roc = _roc_frame(y_onehot[:, roc_cols], probs[:, roc_cols], roc_names)
     counts = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(counts, (y, pred), 1)
     confusion = pd.DataFrame([{"actual": a, "predicted": p, "count": int(counts[i, j])}
                               for i, a in enumerate(classes) for j, p in enumerate(classes)])
-    return out, {"predictions": predictions, "roc": roc, "confusion": confusion}
+    return Evaluation(out, {"predictions": predictions, "roc": roc, "confusion": confusion}, [])
 
 
 def _evaluate_multilabel(model, spec, manifest, root, prompts, eval_cfg, device, source):
@@ -237,8 +167,7 @@ def _evaluate_multilabel(model, spec, manifest, root, prompts, eval_cfg, device,
                                             precision=eval_cfg.precision)
     images = embed_images(model, manifest, root, eval_cfg.batch_size, eval_cfg.num_workers, device,
                           desc=spec.name, precision=eval_cfg.precision)
-    scale = float(model.logit_scale.detach().float().cpu())
-    logits = scale * images.double() @ classifier.double().cpu().T  # (N, len(names))
+    logits = logit_scale(model) * images.double() @ classifier.double().cpu().T  # (N, len(names))
     if has_negative:
         # two-way softmax "finding" vs "No Finding" per label = sigmoid of the logit difference
         neg = names.index(NEGATIVE_CLASS)
@@ -264,14 +193,13 @@ def _evaluate_multilabel(model, spec, manifest, root, prompts, eval_cfg, device,
     for c, name in enumerate(labels):
         predictions[f"label_{_slug(name)}"] = y[:, c]
         predictions[f"score_{_slug(name)}"] = scores[:, c]
-    return out, {"predictions": predictions, "roc": _roc_frame(y, scores, labels)}
+    return Evaluation(out, {"predictions": predictions, "roc": _roc_frame(y, scores, labels)}, [])
 
 
-def evaluate_benchmark(model: Any, spec: Any, manifest: pd.DataFrame, root: str | Path,
-                       prompts: dict[str, list[str]], eval_cfg: Any, device: torch.device | str | None = None,
-                       *, source: str | None = None, overlay_dir: str | Path | None = None
-                       ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
-    """Evaluate ``model`` on one benchmark; returns ``(metrics, artifacts)``.
+def evaluate_benchmark(model: EvalModel, spec: Any, manifest: pd.DataFrame, root: str | Path,
+                       prompts: dict[str, list[str]], eval_cfg: EvaluateConfig,
+                       device: torch.device | str | None = None, *, source: str | None = None) -> Evaluation:
+    """Evaluate ``model`` on one benchmark; returns ``(metrics, tables, overlays)`` (:class:`Evaluation`).
 
     ``spec``: a ``BenchmarkSpec`` (``name``, ``task``, ``classes``); ``manifest``: its evaluated rows (image paths
     relative to ``root``); ``prompts``: class name -> prompt texts (``source`` names the prompts file in errors);
@@ -280,27 +208,27 @@ def evaluate_benchmark(model: Any, spec: Any, manifest: pd.DataFrame, root: str 
     * ``multiclass`` / ``binary``: keys ``zeroshot/<benchmark>/{accuracy,balanced_accuracy,auroc,f1}`` each with
       ``_ci_low`` / ``_ci_high`` (95 % percentile bootstrap over images; omitted when ``eval_cfg.bootstrap == 0``),
       and ``n_images``. Binary AUROC is the positive class's (``spec.positive`` if set, else the last class).
-      Artifacts: ``predictions`` (per image: actual, predicted, class probabilities), ``roc`` (class, fpr, tpr,
+      Tables: ``predictions`` (per image: actual, predicted, class probabilities), ``roc`` (class, fpr, tpr,
       threshold; one-vs-rest per class for multiclass), ``confusion`` (actual, predicted, count).
     * ``multilabel``: every finding column is scored on its own: if the prompts include ``"No Finding"``, the
       score is the two-way softmax "finding" vs "No Finding" (= sigmoid of the logit difference; when
       "No Finding" is itself a label, as in MIMIC's 14 CheXpert findings, its score is its logit against the
       strongest finding's); otherwise the sigmoid of the finding's logit. Keys ``zeroshot/<benchmark>/auroc``
-      (macro over findings with both classes, with CI) and ``auroc_<finding>``. Artifacts: ``predictions``, ``roc``.
+      (macro over findings with both classes, with CI) and ``auroc_<finding>``. Tables: ``predictions``, ``roc``.
     * ``segmentation`` / ``detection``: :func:`ace_lora.eval.grounding.evaluate_grounding`: zero-shot grounding
       (keys ``grounding/<benchmark>/{dice|map,...}``) and the data-efficient linear patch heads of
       ``eval_cfg.dataeff_fractions`` (keys ``dataeff_<pct>pct/<benchmark>/...``); the threshold is chosen on the
       benchmark's ``val`` split and the heads train on its ``train`` split (both read with ``load_benchmark`` from
-      ``root.parent``). PNG overlays go to ``overlay_dir`` when given.
+      ``root.parent``). Overlays: the figure data of the first ``eval_cfg.overlays`` test images per protocol.
+
+    Classification returns no overlays. Nothing is written: the evaluate stage writes the tables (CSV) and draws
+    the overlays (PNG).
     """
     root = Path(root)
     _check_manifest(spec, manifest, root)
     manifest = manifest.reset_index(drop=True)
     if spec.task in ("segmentation", "detection"):
-        from ace_lora.eval.grounding import evaluate_grounding
-
-        return evaluate_grounding(model, spec, manifest, root, prompts, eval_cfg, device, source=source,
-                                  overlay_dir=overlay_dir)
+        return evaluate_grounding(model, spec, manifest, root, prompts, eval_cfg, device, source=source)
     if spec.task in ("multiclass", "binary"):
         return _evaluate_single_label(model, spec, manifest, root, prompts, eval_cfg, device, source)
     if spec.task == "multilabel":

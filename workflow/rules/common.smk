@@ -38,13 +38,13 @@ DATA_CODE = ["ace_lora/data/__init__.py", "ace_lora/data/collectors.py", "ace_lo
              "ace_lora/demo/dicom.py", "ace_lora/demo/painters.py", "ace_lora/demo/reports.py",
              "ace_lora/demo/writers.py", "ace_lora/progress.py", "ace_lora/prompts.py"]
 MODEL_CODE = ["ace_lora/data", "ace_lora/demo", "ace_lora/eval", "ace_lora/models", "ace_lora/assets/tiny_vocab.txt",
-              "ace_lora/distributed.py", "ace_lora/plots.py", "ace_lora/progress.py", "ace_lora/prompts.py"]
+              "ace_lora/distributed.py", "ace_lora/progress.py", "ace_lora/prompts.py"]
 STAGE_CODE = {
     "fetch": CLI_CODE + DATA_CODE,
     "prepare": CLI_CODE + DATA_CODE,
     "prompts": CLI_CODE + DATA_CODE + ["ace_lora/data/benchmarks.py"],
     "train": CLI_CODE + MODEL_CODE + ["ace_lora/losses.py", "ace_lora/provenance.py", "ace_lora/train.py"],
-    "evaluate": CLI_CODE + MODEL_CODE,
+    "evaluate": CLI_CODE + MODEL_CODE + ["ace_lora/plots.py"],  # the stage draws the overlays evaluation returns
     "report": CLI_CODE + ["ace_lora/plots.py", "ace_lora/report.py"],
 }
 
