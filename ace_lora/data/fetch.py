@@ -105,8 +105,6 @@ def download(url: str, dest: str | Path, sha256: str | None = None, auth: tuple[
     ``dest`` only when the transfer is complete and its sha256 matches; on a mismatch both are removed and
     :class:`DownloadError` names the URL and both hashes. ``auth``: HTTP basic (user, password).
     """
-    from tqdm.auto import tqdm
-
     dest = Path(dest)
     if dest.is_file() and (sha256 is None or _sha256(dest) == sha256.lower()):
         return dest
@@ -114,37 +112,9 @@ def download(url: str, dest: str | Path, sha256: str | None = None, auth: tuple[
     part = dest.with_name(dest.name + ".part")
     attempt = 0
     while True:
-        offset = part.stat().st_size if part.is_file() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            with requests.get(url, headers=headers, auth=auth, stream=True, timeout=timeout) as resp:
-                if resp.status_code == 416 and offset:  # nothing left to send: the .part is complete (or stale)
-                    total = resp.headers.get("Content-Range", "").rpartition("/")[2]
-                    if total.isdigit() and int(total) == offset:
-                        break
-                    part.unlink()
-                    continue
-                if resp.status_code in (401, 403):
-                    raise DownloadError(f"{url}: HTTP {resp.status_code} (access denied; check the credentials "
-                                        "and that the data use agreement is signed)")
-                if resp.status_code >= 400:
-                    raise DownloadError(f"{url}: HTTP {resp.status_code} {resp.reason}")
-                resumed = resp.status_code == 206
-                if offset and resumed:
-                    start = resp.headers.get("Content-Range", "").removeprefix("bytes ").partition("-")[0]
-                    if start != str(offset):
-                        raise DownloadError(f"{url}: server resumed at byte {start!r}, expected {offset}")
-                length = resp.headers.get("Content-Length")
-                total = (int(length) + (offset if resumed else 0)) if length and length.isdigit() else None
-                with open(part, "ab" if resumed else "wb") as f, tqdm(
-                        total=total, initial=offset if resumed else 0, unit="B", unit_scale=True,
-                        desc=dest.name, disable=not progress, leave=False) as bar:
-                    for block in resp.iter_content(chunk_size=chunk_size):
-                        f.write(block)
-                        bar.update(len(block))
-                if total is not None and part.stat().st_size < total:
-                    raise requests.ConnectionError(f"connection closed at byte {part.stat().st_size} of {total}")
-            break
+            if _transfer(url, part, auth, chunk_size=chunk_size, timeout=timeout, progress=progress):
+                break
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
             attempt += 1
             if attempt > retries:
@@ -158,6 +128,44 @@ def download(url: str, dest: str | Path, sha256: str | None = None, auth: tuple[
     os.replace(part, dest)
     return dest
 
+
+def _transfer(url: str, part: Path, auth: tuple[str, str] | None, *, chunk_size: int, timeout: float,
+              progress: bool) -> bool:
+    """One request of :func:`download`: append the rest of ``url`` to ``part`` (from its current size, by HTTP
+    Range). True when ``part`` is complete; False when a stale ``part`` was removed and the transfer must start
+    over. A connection error propagates (the caller retries); an HTTP error raises :class:`DownloadError`."""
+    from tqdm.auto import tqdm
+
+    offset = part.stat().st_size if part.is_file() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with requests.get(url, headers=headers, auth=auth, stream=True, timeout=timeout) as resp:
+        if resp.status_code == 416 and offset:  # nothing left to send: the .part is complete (or stale)
+            total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+            if total.isdigit() and int(total) == offset:
+                return True
+            part.unlink()
+            return False
+        if resp.status_code in (401, 403):
+            raise DownloadError(f"{url}: HTTP {resp.status_code} (access denied; check the credentials "
+                                "and that the data use agreement is signed)")
+        if resp.status_code >= 400:
+            raise DownloadError(f"{url}: HTTP {resp.status_code} {resp.reason}")
+        resumed = resp.status_code == 206
+        if offset and resumed:
+            start = resp.headers.get("Content-Range", "").removeprefix("bytes ").partition("-")[0]
+            if start != str(offset):
+                raise DownloadError(f"{url}: server resumed at byte {start!r}, expected {offset}")
+        length = resp.headers.get("Content-Length")
+        total = (int(length) + (offset if resumed else 0)) if length and length.isdigit() else None
+        with open(part, "ab" if resumed else "wb") as f, tqdm(
+                total=total, initial=offset if resumed else 0, unit="B", unit_scale=True,
+                desc=part.name.removesuffix(".part"), disable=not progress, leave=False) as bar:
+            for block in resp.iter_content(chunk_size=chunk_size):
+                f.write(block)
+                bar.update(len(block))
+        if total is not None and part.stat().st_size < total:
+            raise requests.ConnectionError(f"connection closed at byte {part.stat().st_size} of {total}")
+    return True
 
 
 def _extract(archive: Path, into: Path) -> None:

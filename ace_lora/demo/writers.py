@@ -120,56 +120,60 @@ def _hex_id(rng: np.random.Generator) -> str:
 
 
 def _write_mimic(raw: Path, cfg: DemoConfig, rng: np.random.Generator) -> dict:
-    S = cfg.image_size
     n_eval = max(2, cfg.n_train // 40)
     splits = ["train"] * cfg.n_train + ["validate"] * n_eval + ["test"] * n_eval
     subjects = rng.choice(np.arange(10_000_000, 20_000_000), size=len(splits), replace=False)
     studies = rng.choice(np.arange(50_000_000, 60_000_000), size=len(splits), replace=False)
-    meta, split_rows, chexpert_rows = [], [], []
-    i, n_images, n_lateral = 0, 0, 0
+    rows: dict[str, list] = {"metadata": [], "split": [], "chexpert": []}
+    i, n_lateral = 0, 0
     while i < len(splits):  # subjects of 1-3 consecutive studies within one split
         k = int(min(rng.integers(1, 4), len(splits) - i))
         while splits[i + k - 1] != splits[i]:
             k -= 1
-        subject = int(subjects[i])
         for j in range(i, i + k):
-            study = int(studies[j])
-            folder = raw / "files" / f"p{str(subject)[:2]}" / f"p{subject}"
-            findings = sample_findings(rng)
-            view = "PA" if rng.random() < 0.6 else "AP"
-            text, labels = write_report_text(findings, rng, view)
-            _write_text(folder / f"s{study}.txt", text)
-            strengths = {n: (0.6 if v < 0 else 1.0) for n, v in findings.items()}
-            img, _ = render_chest(S, strengths, rng)
-            views = [(view, img)]
-            if rng.random() < 0.3:
-                views.append(("LATERAL" if rng.random() < 0.8 else "LL", render_lateral(S, rng)))
-                n_lateral += 1
-            date = f"21{rng.integers(10, 90)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
-            for vp, pixels in views:
-                dicom_id = _hex_id(rng)
-                _save_image(folder / f"s{study}" / f"{dicom_id}.jpg", pixels)
-                lateral = vp in ("LATERAL", "LL")
-                meta.append([dicom_id, subject, study, "CHEST (PA AND LAT)", vp, S, S, date,
-                             f"{rng.integers(0, 235959):06d}.{rng.integers(0, 999):03d}", "CHEST (PA AND LAT)",
-                             "lateral" if lateral else ("postero-anterior" if vp == "PA" else "antero-posterior"),
-                             "Erect"])
-                split_rows.append([dicom_id, study, subject, splits[j]])
-                n_images += 1
-            chexpert_rows.append([subject, study] + [_label_value(labels.get(c)) for c in CHEXPERT_FINDINGS])
+            n_lateral += _write_mimic_study(raw, cfg.image_size, int(subjects[i]), int(studies[j]), splits[j], rng,
+                                            rows)
         i += k
-    order = rng.permutation(len(chexpert_rows))  # a different row order than the metadata: join by key
-    chexpert_rows = [chexpert_rows[o] for o in order]
+    order = rng.permutation(len(rows["chexpert"]))  # a different row order than the metadata: join by key
+    chexpert_rows = [rows["chexpert"][o] for o in order]
     meta_cols = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
                  "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
                  "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning"]
-    _write_text(raw / "mimic-cxr-2.0.0-metadata.csv.gz", _csv_text(meta_cols, meta), gz=True)
+    _write_text(raw / "mimic-cxr-2.0.0-metadata.csv.gz", _csv_text(meta_cols, rows["metadata"]), gz=True)
     _write_text(raw / "mimic-cxr-2.0.0-split.csv.gz",
-                _csv_text(["dicom_id", "study_id", "subject_id", "split"], split_rows), gz=True)
+                _csv_text(["dicom_id", "study_id", "subject_id", "split"], rows["split"]), gz=True)
     _write_text(raw / "mimic-cxr-2.0.0-chexpert.csv.gz",
                 _csv_text(["subject_id", "study_id", *CHEXPERT_FINDINGS], chexpert_rows), gz=True)
-    return {"images": n_images, "studies": len(splits), "lateral_images": n_lateral,
+    return {"images": len(rows["metadata"]), "studies": len(splits), "lateral_images": n_lateral,
             "train_studies": cfg.n_train, "validate_studies": n_eval, "test_studies": n_eval}
+
+
+def _write_mimic_study(raw: Path, size: int, subject: int, study: int, split: str, rng: np.random.Generator,
+                       rows: dict[str, list]) -> int:
+    """One MIMIC study: its report, its frontal image (and sometimes a lateral one), and its rows of the three
+    tables (appended to ``rows``). Returns the number of lateral images written (0 or 1)."""
+    folder = raw / "files" / f"p{str(subject)[:2]}" / f"p{subject}"
+    findings = sample_findings(rng)
+    view = "PA" if rng.random() < 0.6 else "AP"
+    text, labels = write_report_text(findings, rng, view)
+    _write_text(folder / f"s{study}.txt", text)
+    strengths = {n: (0.6 if v < 0 else 1.0) for n, v in findings.items()}
+    img, _ = render_chest(size, strengths, rng)
+    views = [(view, img)]
+    if rng.random() < 0.3:
+        views.append(("LATERAL" if rng.random() < 0.8 else "LL", render_lateral(size, rng)))
+    date = f"21{rng.integers(10, 90)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}"
+    for vp, pixels in views:
+        dicom_id = _hex_id(rng)
+        _save_image(folder / f"s{study}" / f"{dicom_id}.jpg", pixels)
+        lateral = vp in ("LATERAL", "LL")
+        rows["metadata"].append([dicom_id, subject, study, "CHEST (PA AND LAT)", vp, size, size, date,
+                                 f"{rng.integers(0, 235959):06d}.{rng.integers(0, 999):03d}", "CHEST (PA AND LAT)",
+                                 "lateral" if lateral else ("postero-anterior" if vp == "PA" else "antero-posterior"),
+                                 "Erect"])
+        rows["split"].append([dicom_id, study, subject, split])
+    rows["chexpert"].append([subject, study] + [_label_value(labels.get(c)) for c in CHEXPERT_FINDINGS])
+    return len(views) - 1
 
 
 # --------------------------------------------------------------------------------------------------- CheXpert
