@@ -29,9 +29,14 @@ DATASETS = DATASET_NAMES  # the choices of fetch, prepare and evaluate (ace_lora
 def stage_paths(params: Params, method: str | None = None, dataset: str | None = None) -> dict[str, Path]:
     """Output paths of every stage, from ``params.paths``."""
     raw, processed, results = (Path(p) for p in (params.paths.raw, params.paths.processed, params.paths.results))
-    out = {"prompts": results / "prompts.json", "report_md": results / "benchmarks.md",
-           "report_csv": results / "benchmarks.csv", "summary": results / "metrics" / "summary.json",
-           "plots": results / "plots", "report_dir": results / "report"}
+    out = {
+        "prompts": results / "prompts.json",
+        "report_md": results / "benchmarks.md",
+        "report_csv": results / "benchmarks.csv",
+        "summary": results / "metrics" / "summary.json",
+        "plots": results / "plots",
+        "report_dir": results / "report",
+    }
     if dataset:
         out["fetched"] = raw / f"{dataset}.fetched.json"
         out["processed"] = processed / dataset
@@ -75,8 +80,13 @@ def cmd_prompts(args: argparse.Namespace, params: Params) -> None:
     path = write_prompts(prompts, stage_paths(params)["prompts"])
     for name, classes in prompts.items():
         log.info("prompts %s: %d classes, %d prompts", name, len(classes), sum(map(len, classes.values())))
-    log.info("wrote prompts of %d benchmarks to %s (custom templates: %s; custom class names: %s)", len(prompts),
-             path, ", ".join(params.prompts.templates) or "none", ", ".join(params.prompts.class_names) or "none")
+    log.info(
+        "wrote prompts of %d benchmarks to %s (custom templates: %s; custom class names: %s)",
+        len(prompts),
+        path,
+        ", ".join(params.prompts.templates) or "none",
+        ", ".join(params.prompts.class_names) or "none",
+    )
 
 
 def _training_processes(params: Params) -> int:
@@ -96,16 +106,34 @@ def cmd_train(args: argparse.Namespace, params: Params) -> None:
 
     processes = _training_processes(params)
     if processes > 1 and "LOCAL_RANK" not in os.environ:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "ace_lora", "--params", args.params, "train", args.method] + (["--resume"] if args.resume else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "ace_lora",
+            "--params",
+            args.params,
+            "train",
+            args.method,
+        ] + (["--resume"] if args.resume else [])
         log.info("launching %d training processes: %s", processes, " ".join(cmd))
         code = subprocess.run(cmd).returncode
         if code:
             raise RuntimeError(f"{processes} training processes failed (exit {code}); see their messages above")
         return
     paths = stage_paths(params, method=args.method)
-    train(params, args.method, paths["train"], resume=args.resume, checkpoint_dir=paths["checkpoints"],
-          metrics_path=paths["train_metrics"], log_path=paths["train_log"])
+    train(
+        params,
+        args.method,
+        paths["train"],
+        resume=args.resume,
+        checkpoint_dir=paths["checkpoints"],
+        metrics_path=paths["train_metrics"],
+        log_path=paths["train_log"],
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
@@ -125,15 +153,21 @@ def cmd_evaluate(args: argparse.Namespace, params: Params) -> None:
         for name in benchmarks_of(args.dataset):
             spec, manifest = load_benchmark(name, Path(params.paths.processed))
             prompts = read_prompts(paths["prompts"], spec.name, spec.classes)
-            values, tables, overlays = evaluate_benchmark(model, spec, manifest, paths["processed"], prompts,
-                                                          params.evaluate, device, source=paths["prompts"])
+            values, tables, overlays = evaluate_benchmark(
+                model, spec, manifest, paths["processed"], prompts, params.evaluate, device, source=paths["prompts"]
+            )
             metrics.update(values)
             write_plot_csvs(tables, out, prefix=f"{name}_")
             save_overlays(overlays, out)
             log.info("%s: %d test images (%s task); %s", name, len(manifest), spec.task, _headline(values))
     atomic_write_json(paths["metrics"], metrics)
-    log.info("wrote %d metrics to %s and %d files to %s", len(metrics), paths["metrics"],
-             len(list(paths["evaluate"].iterdir())), paths["evaluate"])
+    log.info(
+        "wrote %d metrics to %s and %d files to %s",
+        len(metrics),
+        paths["metrics"],
+        len(list(paths["evaluate"].iterdir())),
+        paths["evaluate"],
+    )
 
 
 def _headline(values: dict) -> str:
@@ -152,10 +186,19 @@ def cmd_report(args: argparse.Namespace, params: Params) -> None:
     methods, datasets = list(params.methods), list(params.evaluate.datasets)
     paths = stage_paths(params)
     frame = collect_metrics(Path(params.paths.results) / "metrics" / "evaluate", methods, datasets)
-    log.info("read %d metrics of %d methods x %d data sets (params: %s; %s)", len(frame), len(methods),
-             len(datasets), ", ".join(methods), ", ".join(datasets))
-    training = {m: json.loads(stage_paths(params, m)["train_metrics"].read_text()) for m in methods
-                if stage_paths(params, m)["train_metrics"].is_file()}
+    log.info(
+        "read %d metrics of %d methods x %d data sets (params: %s; %s)",
+        len(frame),
+        len(methods),
+        len(datasets),
+        ", ".join(methods),
+        ", ".join(datasets),
+    )
+    training = {
+        m: json.loads(stage_paths(params, m)["train_metrics"].read_text())
+        for m in methods
+        if stage_paths(params, m)["train_metrics"].is_file()
+    }
     summary = write_report(frame, methods, paths["report_md"], paths["report_csv"], paths["summary"], training)
     for key, value in summary.items():
         log.info("  %-28s %7.2f %%", key, value)
@@ -163,9 +206,17 @@ def cmd_report(args: argparse.Namespace, params: Params) -> None:
     n_plots = write_plot_data(evaluate_dirs, paths["plots"])
     train_logs = {m: (stage_paths(params, m)["train_log"], stage_paths(params, m)["train_val_log"]) for m in methods}
     counts = write_figures(headline_table(frame, methods), methods, evaluate_dirs, train_logs, paths["report_dir"])
-    log.info("wrote %s, %s and %s (%d summary values); %d DVC plot files under %s; figures under %s: %s",
-             paths["report_md"], paths["report_csv"], paths["summary"], len(summary), n_plots, paths["plots"],
-             paths["report_dir"], ", ".join(f"{n} {k}" for k, n in counts.items()))
+    log.info(
+        "wrote %s, %s and %s (%d summary values); %d DVC plot files under %s; figures under %s: %s",
+        paths["report_md"],
+        paths["report_csv"],
+        paths["summary"],
+        len(summary),
+        n_plots,
+        paths["plots"],
+        paths["report_dir"],
+        ", ".join(f"{n} {k}" for k, n in counts.items()),
+    )
     print(paths["report_md"].read_text())
 
 
@@ -237,15 +288,20 @@ def build_parser(params_path: str | None = None) -> argparse.ArgumentParser:
         return p
 
     add("fetch", cmd_fetch, "Fetch (demo: generate) one raw data set, or verify it in place.").add_argument(
-        "dataset", choices=DATASETS, metavar="dataset", help=dataset_help)
+        "dataset", choices=DATASETS, metavar="dataset", help=dataset_help
+    )
     add("prepare", cmd_prepare, "Prepare one data set: manifest, image cache, masks, boxes.").add_argument(
-        "dataset", choices=DATASETS, metavar="dataset", help=dataset_help)
+        "dataset", choices=DATASETS, metavar="dataset", help=dataset_help
+    )
     add("prompts", cmd_prompts, "Write the zero-shot prompts file.")
     p = add("train", cmd_train, "Train (or export, for train: false) one method's adapter.")
     p.add_argument("method", help=method_help)
-    p.add_argument("--resume", action="store_true",
-                   help="continue an unfinished run with identical settings, data and code (its fingerprint), or "
-                   "reuse a finished one; anything else trains from scratch and says why")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an unfinished run with identical settings, data and code (its fingerprint), or "
+        "reuse a finished one; anything else trains from scratch and says why",
+    )
     p = add("evaluate", cmd_evaluate, "Evaluate one method on every benchmark of one data set.")
     p.add_argument("method", help=method_help)
     p.add_argument("dataset", choices=DATASETS, metavar="dataset", help=dataset_help)
@@ -253,8 +309,12 @@ def build_parser(params_path: str | None = None) -> argparse.ArgumentParser:
     add("report", cmd_report, "Build results/benchmarks.md and .csv from the metrics files.")
     p = add("describe-model", cmd_describe_model, "Print the trainable-parameter breakdown of a preset.", False)
     p.add_argument("--preset", default="biomedclip", choices=("tiny", "biomedclip"))
-    p = add("import-checkpoint", cmd_import_checkpoint,
-            "Convert the official ACE_LoRA.pt into an adapter folder of this project.", False)
+    p = add(
+        "import-checkpoint",
+        cmd_import_checkpoint,
+        "Convert the official ACE_LoRA.pt into an adapter folder of this project.",
+        False,
+    )
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
     p.add_argument("--preset", default="biomedclip", choices=("tiny", "biomedclip"))
@@ -268,8 +328,18 @@ def build_parser(params_path: str | None = None) -> argparse.ArgumentParser:
 
 #: Errors that mean bad input, missing data, invalid parameters or a diverging run: one line, exit 2. pandas'
 #: ParserError, EmptyDataError and MergeError are ValueErrors; gzip.BadGzipFile is an OSError.
-USER_ERRORS = (ParamsError, OSError, ValueError, KeyError, RuntimeError, ArithmeticError, EOFError,
-               zipfile.BadZipFile, pickle.UnpicklingError, subprocess.CalledProcessError)
+USER_ERRORS = (
+    ParamsError,
+    OSError,
+    ValueError,
+    KeyError,
+    RuntimeError,
+    ArithmeticError,
+    EOFError,
+    zipfile.BadZipFile,
+    pickle.UnpicklingError,
+    subprocess.CalledProcessError,
+)
 
 
 def describe_error(err: BaseException) -> str:
@@ -279,8 +349,10 @@ def describe_error(err: BaseException) -> str:
         where = f"{err.filename}: " if err.filename else ""
         message = f"{where}no space left on device; free disk space (or point paths.* elsewhere) and rerun"
     elif isinstance(err, (EOFError, zipfile.BadZipFile, pickle.UnpicklingError)):
-        message = (f"truncated or corrupt file ({type(err).__name__}: {message or 'unexpected end of data'}); "
-                   f"delete or re-fetch the file named above and rerun")
+        message = (
+            f"truncated or corrupt file ({type(err).__name__}: {message or 'unexpected end of data'}); "
+            f"delete or re-fetch the file named above and rerun"
+        )
     elif isinstance(err, subprocess.CalledProcessError):
         message = f"training processes failed with exit code {err.returncode}; their log lines above name the cause"
     return re.sub(r"\s*\n\s*", " ", message).strip() or type(err).__name__

@@ -80,9 +80,14 @@ def warn_if_slow_bf16(device: torch.device | str) -> None:
     flags = cpu_bf16_flags()
     if flags is not None and not flags:
         _warned.add("cpu")
-        log.warning("precision bf16 on a CPU without native bf16 (no %s in %s; torch CPU capability %s): bf16 "
-                    "autocast runs several times slower than fp32 here; set train.precision / evaluate.precision "
-                    "to fp32 or auto", "/".join(BF16_CPU_FLAGS), CPUINFO, torch.backends.cpu.get_cpu_capability())
+        log.warning(
+            "precision bf16 on a CPU without native bf16 (no %s in %s; torch CPU capability %s): bf16 "
+            "autocast runs several times slower than fp32 here; set train.precision / evaluate.precision "
+            "to fp32 or auto",
+            "/".join(BF16_CPU_FLAGS),
+            CPUINFO,
+            torch.backends.cpu.get_cpu_capability(),
+        )
 
 
 def use_bf16(precision: str, device: torch.device | str) -> bool:
@@ -155,9 +160,11 @@ def broadcast_object(obj, src: int = 0):
 
 
 def _all_reduce_scalar(value: float, op) -> torch.Tensor:
-    t = torch.tensor([float(value)], dtype=torch.float64,
-                     device=torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
-                     else "cpu")
+    t = torch.tensor(
+        [float(value)],
+        dtype=torch.float64,
+        device=torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu",
+    )
     dist.all_reduce(t, op=op)
     return t
 
@@ -195,7 +202,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -34,11 +34,16 @@ class LabelGuidedInfoNCELoss(nn.Module):
         super().__init__()
         self.label_guided = label_guided
 
-    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
-                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        image_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         b = image_emb.shape[0]
         offset = get_rank() * b if get_world_size() > 1 else 0
-        all_images = gather_with_grad(image_emb)                       # (B, D), rank-major
+        all_images = gather_with_grad(image_emb)  # (B, D), rank-major
         all_texts = gather_with_grad(text_emb)
         image_emb, text_emb = image_emb.float(), text_emb.float()
         logits_i2t = logit_scale * image_emb @ all_texts.float().t()  # (b, B)

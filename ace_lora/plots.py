@@ -59,8 +59,10 @@ def _save(fig, path: str | Path) -> Path:
 
 def write_plot_csvs(artifacts: Mapping[str, pd.DataFrame], out_dir: str | Path, prefix: str = "") -> list[Path]:
     """Write each artifact table (ROC points, confusion counts, predictions) as ``<prefix><name>.csv``; atomic."""
-    return [atomic_write_text(Path(out_dir) / f"{prefix}{name}.csv", frame.to_csv(index=False))
-            for name, frame in artifacts.items()]
+    return [
+        atomic_write_text(Path(out_dir) / f"{prefix}{name}.csv", frame.to_csv(index=False))
+        for name, frame in artifacts.items()
+    ]
 
 
 # ------------------------------------------------------------------------------------------- overlays
@@ -86,8 +88,9 @@ def _legend(ax, kinds: Iterable[tuple[str, str]]) -> None:
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7, frameon=False)
 
 
-def draw_segmentation_overlay(image: np.ndarray, heatmap: np.ndarray, pred_mask: np.ndarray,
-                              gt_mask: np.ndarray, title: str = ""):
+def draw_segmentation_overlay(
+    image: np.ndarray, heatmap: np.ndarray, pred_mask: np.ndarray, gt_mask: np.ndarray, title: str = ""
+):
     """Figure: grey image, similarity heatmap in [0, 1] with its colour bar, predicted mask contour (cyan) and
     ground truth contour (green), with a legend."""
     fig, ax = _overlay_axes(image, heatmap, title)
@@ -98,8 +101,9 @@ def draw_segmentation_overlay(image: np.ndarray, heatmap: np.ndarray, pred_mask:
     return fig
 
 
-def draw_detection_overlay(image: np.ndarray, heatmap: np.ndarray, pred_boxes: Iterable, gt_boxes: Iterable,
-                           title: str = ""):
+def draw_detection_overlay(
+    image: np.ndarray, heatmap: np.ndarray, pred_boxes: Iterable, gt_boxes: Iterable, title: str = ""
+):
     """Figure: grey image, similarity heatmap with its colour bar, predicted boxes (cyan) and ground-truth boxes
     (green), with a legend; boxes are x1, y1, x2, y2 in image pixels."""
     from matplotlib import patches
@@ -112,14 +116,21 @@ def draw_detection_overlay(image: np.ndarray, heatmap: np.ndarray, pred_boxes: I
     return fig
 
 
-def save_segmentation_overlay(image: np.ndarray, heatmap: np.ndarray, pred_mask: np.ndarray,
-                              gt_mask: np.ndarray, path: str | Path, title: str = "") -> Path:
+def save_segmentation_overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    pred_mask: np.ndarray,
+    gt_mask: np.ndarray,
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """PNG of :func:`draw_segmentation_overlay`."""
     return _save(draw_segmentation_overlay(image, heatmap, pred_mask, gt_mask, title), path)
 
 
-def save_detection_overlay(image: np.ndarray, heatmap: np.ndarray, pred_boxes: Iterable, gt_boxes: Iterable,
-                           path: str | Path, title: str = "") -> Path:
+def save_detection_overlay(
+    image: np.ndarray, heatmap: np.ndarray, pred_boxes: Iterable, gt_boxes: Iterable, path: str | Path, title: str = ""
+) -> Path:
     """PNG of :func:`draw_detection_overlay`."""
     return _save(draw_detection_overlay(image, heatmap, pred_boxes, gt_boxes, title), path)
 
@@ -128,15 +139,24 @@ def save_overlays(overlays: Iterable, out_dir: str | Path) -> list[Path]:
     """PNG of every overlay record (``ace_lora.eval.common.Overlay``: ``kind``, ``filename``, ``title``, ``image``,
     ``heatmap``, ``prediction``, ``truth``) as ``out_dir/<filename>``, in order."""
     save = {"segmentation": save_segmentation_overlay, "detection": save_detection_overlay}
-    return [save[o.kind](o.image, o.heatmap, o.prediction, o.truth, Path(out_dir) / o.filename, title=o.title)
-            for o in overlays]
+    return [
+        save[o.kind](o.image, o.heatmap, o.prediction, o.truth, Path(out_dir) / o.filename, title=o.title)
+        for o in overlays
+    ]
 
 
 # ------------------------------------------------------------------------------------ results charts
 
 
-def save_benchmark_chart(rows: pd.DataFrame, methods: list[str], path: str | Path, title: str, ylabel: str,
-                         paper: float | None = None, paper_label: str = "paper") -> Path:
+def save_benchmark_chart(
+    rows: pd.DataFrame,
+    methods: list[str],
+    path: str | Path,
+    title: str,
+    ylabel: str,
+    paper: float | None = None,
+    paper_label: str = "paper",
+) -> Path:
     """One benchmark: a bar per method and protocol with its 95 % interval, and the paper's value as a dashed line.
 
     ``rows``: columns method, protocol, value, ci_low, ci_high (percent; NaN interval = no error bar). Methods are
@@ -151,8 +171,16 @@ def save_benchmark_chart(rows: pd.DataFrame, methods: list[str], path: str | Pat
         sub = rows[rows["method"] == method].set_index("protocol").reindex(protocols)
         values = sub["value"].to_numpy(float)
         err = np.vstack([values - sub["ci_low"].to_numpy(float), sub["ci_high"].to_numpy(float) - values])
-        ax.bar(x + (k - (len(methods) - 1) / 2) * width, values, width, color=colour, label=method,
-               yerr=np.nan_to_num(err), capsize=3, error_kw={"linewidth": 1})
+        ax.bar(
+            x + (k - (len(methods) - 1) / 2) * width,
+            values,
+            width,
+            color=colour,
+            label=method,
+            yerr=np.nan_to_num(err),
+            capsize=3,
+            error_kw={"linewidth": 1},
+        )
     if paper is not None and not np.isnan(paper):
         ax.axhline(paper, color=PAPER_COLOUR, linestyle="--", linewidth=1, label=f"{paper_label} ({paper:g})")
     ax.set_xticks(x, protocols, fontsize=8)
@@ -170,8 +198,9 @@ def save_roc_chart(curves: Mapping[str, pd.DataFrame], path: str | Path, title: 
     classes = list(dict.fromkeys(c for frame in curves.values() for c in frame["class"].astype(str)))
     cols = min(len(classes), 5) or 1
     rows = int(np.ceil(len(classes) / cols)) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols + 1.2, 2.4 * rows + 0.4), squeeze=False, sharex=True,
-                             sharey=True)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.4 * cols + 1.2, 2.4 * rows + 0.4), squeeze=False, sharex=True, sharey=True
+    )
     colours = _colours(len(curves))
     for ax, name in zip(axes.flat, classes):
         for (method, frame), colour in zip(curves.items(), colours):
@@ -179,7 +208,7 @@ def save_roc_chart(curves: Mapping[str, pd.DataFrame], path: str | Path, title: 
             ax.plot(part["fpr"], part["tpr"], color=colour, linewidth=1.2, label=method)
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
         ax.set_title(name, fontsize=8)
-    for ax in axes.flat[len(classes):]:
+    for ax in axes.flat[len(classes) :]:
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("false positive rate", fontsize=8)
@@ -198,12 +227,17 @@ def save_confusion_chart(confusions: Mapping[str, pd.DataFrame], path: str | Pat
     fig, axes = plt.subplots(1, len(confusions), figsize=(3.2 * len(confusions) + 0.5, 3.4), squeeze=False)
     for ax, (method, frame) in zip(axes[0], confusions.items()):
         classes = list(dict.fromkeys(frame["actual"].astype(str)))
-        counts = frame.pivot_table(index="actual", columns="predicted", values="count", aggfunc="sum").reindex(
-            index=classes, columns=classes).fillna(0).to_numpy(int)
+        counts = (
+            frame.pivot_table(index="actual", columns="predicted", values="count", aggfunc="sum")
+            .reindex(index=classes, columns=classes)
+            .fillna(0)
+            .to_numpy(int)
+        )
         ax.imshow(counts, cmap="Blues")
         for (i, j), n in np.ndenumerate(counts):
-            ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
-                    color="white" if n > counts.max() / 2 else "black")
+            ax.text(
+                j, i, str(n), ha="center", va="center", fontsize=7, color="white" if n > counts.max() / 2 else "black"
+            )
         ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(classes)), classes, fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
@@ -214,8 +248,12 @@ def save_confusion_chart(confusions: Mapping[str, pd.DataFrame], path: str | Pat
     return _save(fig, path)
 
 
-def save_training_curves(steps: Mapping[str, pd.DataFrame], validations: Mapping[str, pd.DataFrame],
-                         path: str | Path, val_label: str = "validation metric") -> Path:
+def save_training_curves(
+    steps: Mapping[str, pd.DataFrame],
+    validations: Mapping[str, pd.DataFrame],
+    path: str | Path,
+    val_label: str = "validation metric",
+) -> Path:
     """Training loss (columns step, loss) and validation score (columns step, val_metric) of every method, each on
     one shared axis; methods without training (no rows) are left out of the loss panel."""
     plt = _pyplot()
@@ -227,8 +265,15 @@ def save_training_curves(steps: Mapping[str, pd.DataFrame], validations: Mapping
             left.plot(frame["step"], frame["loss"], color=colour, linewidth=1.2, label=method)
         frame = validations.get(method)
         if frame is not None and len(frame):
-            right.plot(frame["step"], 100 * frame["val_metric"], color=colour, marker="o", markersize=3,
-                       linewidth=1.2, label=method)
+            right.plot(
+                frame["step"],
+                100 * frame["val_metric"],
+                color=colour,
+                marker="o",
+                markersize=3,
+                linewidth=1.2,
+                label=method,
+            )
     left.set(title="training loss", xlabel="optimizer step", ylabel="loss")
     right.set(title="validation", xlabel="optimizer step", ylabel=f"{val_label} (%)")
     for ax in (left, right):
@@ -263,6 +308,7 @@ def write_offline_plots_template(path: str | Path) -> Path:
     """
     from snakemake.assets import Assets
 
-    scripts = "\n".join(f"<script>{Assets.get_content(f'{name}/{name}.js')}</script>"
-                        for name in ("vega", "vega-lite", "vega-embed"))
+    scripts = "\n".join(
+        f"<script>{Assets.get_content(f'{name}/{name}.js')}</script>" for name in ("vega", "vega-lite", "vega-embed")
+    )
     return atomic_write_text(Path(path), _OFFLINE_PAGE.format(scripts=scripts))

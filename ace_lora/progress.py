@@ -17,8 +17,9 @@ log = logging.getLogger("ace_lora")
 T = TypeVar("T")
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it",
-             seconds: float = 30.0) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it", seconds: float = 30.0
+) -> Iterator[T]:
     """Yield from ``iterable``, showing progress: a transient bar on a terminal, else a log line every ``seconds``."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)

@@ -26,7 +26,8 @@ DEFAULT_TEMPLATES: dict[str, list[str]] = {
 
 #: Benchmark -> class label -> default phrase(s). Labels are exactly the manifest labels / finding columns.
 DEFAULT_CLASS_NAMES: dict[str, dict[str, list[str]]] = {
-    name: {label: list(b.phrases[label]) for label in b.prompt_classes} for name, b in BENCHMARKS.items()}
+    name: {label: list(b.phrases[label]) for label in b.prompt_classes} for name, b in BENCHMARKS.items()
+}
 
 #: Benchmark -> class labels in evaluation order (multi-label: "No Finding" is the negative prompt class).
 BENCHMARK_CLASSES: dict[str, list[str]] = {name: list(b.prompt_classes) for name, b in BENCHMARKS.items()}
@@ -78,26 +79,30 @@ def build_prompts(prompts_cfg: PromptsConfig, benchmarks: list[str]) -> dict[str
                 raise PromptsError(f"prompts.templates.{domain}: template {t!r} must contain '{{}}' exactly once")
     for bench, names in prompts_cfg.class_names.items():
         if bench not in DEFAULT_CLASS_NAMES:
-            raise PromptsError(f"prompts.class_names.{bench}: unknown benchmark; known: "
-                               f"{', '.join(DEFAULT_CLASS_NAMES)}")
+            raise PromptsError(
+                f"prompts.class_names.{bench}: unknown benchmark; known: {', '.join(DEFAULT_CLASS_NAMES)}"
+            )
         if not isinstance(names, dict):
             raise PromptsError(f"prompts.class_names.{bench}: expected a mapping label -> phrase(s)")
         unknown = [lab for lab in names if lab not in DEFAULT_CLASS_NAMES[bench]]
         if unknown:
-            raise PromptsError(f"prompts.class_names.{bench}: unknown class label(s) {unknown}; labels are "
-                               f"{BENCHMARK_CLASSES[bench]}")
+            raise PromptsError(
+                f"prompts.class_names.{bench}: unknown class label(s) {unknown}; labels are {BENCHMARK_CLASSES[bench]}"
+            )
     out: dict[str, dict[str, list[str]]] = {}
     for bench in dict.fromkeys(benchmarks):
         domain = domain_of(bench)
-        templates = _phrases(prompts_cfg.templates.get(domain, DEFAULT_TEMPLATES[domain]),
-                             f"prompts.templates.{domain}")
+        templates = _phrases(
+            prompts_cfg.templates.get(domain, DEFAULT_TEMPLATES[domain]), f"prompts.templates.{domain}"
+        )
         override = dict(prompts_cfg.class_names.get(bench, {}))
         if bench in NEGATIVE_CLASSES:
             override.setdefault(NEGATIVE_CLASSES[bench], NEGATIVE_PHRASES[prompts_cfg.negative])
         out[bench] = {}
         for label in BENCHMARK_CLASSES[bench]:
-            phrases = _phrases(override.get(label, DEFAULT_CLASS_NAMES[bench][label]),
-                               f"prompts.class_names.{bench}.{label}")
+            phrases = _phrases(
+                override.get(label, DEFAULT_CLASS_NAMES[bench][label]), f"prompts.class_names.{bench}.{label}"
+            )
             out[bench][label] = [t.format(p) for t in templates for p in phrases]
     return out
 
@@ -118,13 +123,17 @@ def read_prompts(path: str | Path, benchmark: str, classes: list[str] | tuple[st
         raise PromptsError(f"{path}: prompts file not found; run `python -m ace_lora prompts`")
     data = json.loads(path.read_text())
     if benchmark not in data:
-        raise PromptsError(f"{path}: no prompts for benchmark {benchmark!r}; the file has {', '.join(data) or 'none'}"
-                           f" (add it to the prompts stage and re-run `python -m ace_lora prompts`)")
+        raise PromptsError(
+            f"{path}: no prompts for benchmark {benchmark!r}; the file has {', '.join(data) or 'none'}"
+            f" (add it to the prompts stage and re-run `python -m ace_lora prompts`)"
+        )
     per_class = data[benchmark]
     missing = [c for c in classes if not per_class.get(c)]
     if missing:
-        raise PromptsError(f"{path}: benchmark {benchmark!r} has no prompts for class(es) "
-                           f"{', '.join(map(repr, missing))}; it has {', '.join(map(repr, per_class))}")
+        raise PromptsError(
+            f"{path}: benchmark {benchmark!r} has no prompts for class(es) "
+            f"{', '.join(map(repr, missing))}; it has {', '.join(map(repr, per_class))}"
+        )
     out = {c: list(per_class[c]) for c in classes}
     out.update({c: list(v) for c, v in per_class.items() if c not in out})
     return out

@@ -40,7 +40,7 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
             if node.level:  # relative: resolve against this module's package
                 package = module.split(".")
                 package = package if is_package else package[:-1]
-                package = package[:len(package) - (node.level - 1)]
+                package = package[: len(package) - (node.level - 1)]
                 base = ".".join(package + ([node.module] if node.module else []))
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)

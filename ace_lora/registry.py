@@ -39,20 +39,54 @@ class RegistryError(ValueError):
 #: The 14 findings of the CheXpert labeller, alphabetical (the column order of MIMIC-CXR's
 #: ``mimic-cxr-2.0.0-chexpert.csv``; the order of every manifest and label vector of this project).
 CHEXPERT_FINDINGS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-    "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-    "Pneumothorax", "Support Devices",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
 )
 #: The same 14 findings in the column order of CheXpert's ``train.csv``.
 CHEXPERT_TABLE_ORDER = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
     "Support Devices",
 )
 #: The 14 NIH ChestX-ray14 findings, spelled and ordered as in ``Data_Entry_2017_v2020.csv``'s documentation.
 NIH_FINDINGS = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
 )
 #: The five classes of CheXpert 5x200 (GLoRIA/MGCA protocol).
 CHEXPERT_5X200_CLASSES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
@@ -65,9 +99,14 @@ NEGATIVE_PHRASES = MappingProxyType({"reference": "No Finding", "no_acute_findin
 
 # One phrase per finding (the lower-case name unless the name is not what a report says).
 _CHEXPERT_PHRASES = {f: (f.lower(),) for f in CHEXPERT_FINDINGS} | {
-    "No Finding": (NORMAL_PHRASE,), "Pleural Other": ("pleural thickening",)}
+    "No Finding": (NORMAL_PHRASE,),
+    "Pleural Other": ("pleural thickening",),
+}
 _NIH_PHRASES = {f: (f.lower(),) for f in NIH_FINDINGS} | {
-    "Effusion": ("pleural effusion",), "Pleural_Thickening": ("pleural thickening",), "No Finding": (NORMAL_PHRASE,)}
+    "Effusion": ("pleural effusion",),
+    "Pleural_Thickening": ("pleural thickening",),
+    "No Finding": (NORMAL_PHRASE,),
+}
 
 
 # ------------------------------------------------------------------------------------------------ classes
@@ -213,8 +252,11 @@ class Dataset:
 
     def __post_init__(self):
         object.__setattr__(self, "files", MappingProxyType({k: tuple(v) for k, v in dict(self.files).items()}))
-        object.__setattr__(self, "benchmarks", tuple(
-            b if b.dataset == self.name else _with_dataset(b, self.name) for b in self.benchmarks))
+        object.__setattr__(
+            self,
+            "benchmarks",
+            tuple(b if b.dataset == self.name else _with_dataset(b, self.name) for b in self.benchmarks),
+        )
         if self.role not in ("train", "validation", "test"):
             raise RegistryError(f"data set {self.name}: role {self.role!r} is not train, validation or test")
         if self.domain not in DOMAINS:
@@ -225,8 +267,9 @@ class Dataset:
         for table in self.tables:
             if table.key == key:
                 return table
-        raise RegistryError(f"data set {self.name} declares no table {key!r}; it has "
-                            f"{', '.join(t.key for t in self.tables) or 'none'}")
+        raise RegistryError(
+            f"data set {self.name} declares no table {key!r}; it has {', '.join(t.key for t in self.tables) or 'none'}"
+        )
 
 
 def _with_dataset(benchmark: Benchmark, dataset: str) -> Benchmark:
@@ -244,159 +287,272 @@ def _pair(*classes: str, negative: str = "Normal", **phrases: str) -> dict[str, 
 # ----------------------------------------------------------------------------------------------- registry
 
 _MIMIC = Dataset(
-    "mimic", "MIMIC-CXR-JPG 2.1.0 with the MIMIC-CXR free-text reports", role="train", domain="chest",
+    "mimic",
+    "MIMIC-CXR-JPG 2.1.0 with the MIMIC-CXR free-text reports",
+    role="train",
+    domain="chest",
     tables=(
         Table("metadata", ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv"), "MIMIC metadata table"),
         Table("split", ("mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-split.csv"), "MIMIC split table"),
-        Table("chexpert", ("mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-chexpert.csv"),
-              "MIMIC chexpert table"),
+        Table("chexpert", ("mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-chexpert.csv"), "MIMIC chexpert table"),
     ),
     files={"images": (".jpg",), "reports": (".txt",)},
     source=Source(
         what="MIMIC-CXR-JPG 2.1.0 (images + the metadata/split/chexpert tables) and the MIMIC-CXR 2.1.0 free-text "
-             "reports (mimic-cxr-reports.zip)",
+        "reports (mimic-cxr-reports.zip)",
         where="https://physionet.org/content/mimic-cxr-jpg/2.1.0/ and https://physionet.org/content/mimic-cxr/2.1.0/ "
-              "(credentialed PhysioNet account + signed DUA)",
-        urls=MappingProxyType({"jpg_base": "https://physionet.org/files/mimic-cxr-jpg/2.1.0/",
-                               "reports": "https://physionet.org/files/mimic-cxr/2.1.0/mimic-cxr-reports.zip"}),
-        download="physionet"),
+        "(credentialed PhysioNet account + signed DUA)",
+        urls=MappingProxyType(
+            {
+                "jpg_base": "https://physionet.org/files/mimic-cxr-jpg/2.1.0/",
+                "reports": "https://physionet.org/files/mimic-cxr/2.1.0/mimic-cxr-reports.zip",
+            }
+        ),
+        download="physionet",
+    ),
     split=Split("official", names=MappingProxyType({"train": "train", "validate": "val", "test": "test"})),
     findings=CHEXPERT_FINDINGS,
     benchmarks=(
-        Benchmark("mimic", "multilabel", CHEXPERT_FINDINGS, _CHEXPERT_PHRASES, split="val", label_column=None,
-                  description="MIMIC-CXR official validate split, 14 CheXpert findings (training data; validation "
-                              "only)"),
+        Benchmark(
+            "mimic",
+            "multilabel",
+            CHEXPERT_FINDINGS,
+            _CHEXPERT_PHRASES,
+            split="val",
+            label_column=None,
+            description="MIMIC-CXR official validate split, 14 CheXpert findings (training data; validation only)",
+        ),
     ),
 )
 
 _NIH14 = Dataset(
-    "nih14", "NIH ChestX-ray14", role="validation", domain="chest",
+    "nih14",
+    "NIH ChestX-ray14",
+    role="validation",
+    domain="chest",
     tables=(
-        Table("labels", ("Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017.csv",
-                         "Data_Entry_2017.csv.gz"), "NIH Data_Entry table"),
+        Table(
+            "labels",
+            (
+                "Data_Entry_2017_v2020.csv",
+                "Data_Entry_2017_v2020.csv.gz",
+                "Data_Entry_2017.csv",
+                "Data_Entry_2017.csv.gz",
+            ),
+            "NIH Data_Entry table",
+        ),
         Table("test_list", ("test_list.txt",), "NIH test_list.txt"),
     ),
     files={"images": (".png",)},
     source=Source(
         what="NIH ChestX-ray14: Data_Entry_2017_v2020.csv, test_list.txt, train_val_list.txt and images_001 ... "
-             "images_012 (each images_XXX/images/*.png)",
-        where="https://nihcc.app.box.com/v/ChestXray-NIHCC"),
+        "images_012 (each images_XXX/images/*.png)",
+        where="https://nihcc.app.box.com/v/ChestXray-NIHCC",
+    ),
     split=Split("list_head", fraction=0.20),
     findings=NIH_FINDINGS,
     benchmarks=(
-        Benchmark("nih14", "multilabel", NIH_FINDINGS, _NIH_PHRASES, split="val", label_column=None,
-                  description="NIH ChestX-ray14 validation (first 20% of test_list.txt), model selection only"),
+        Benchmark(
+            "nih14",
+            "multilabel",
+            NIH_FINDINGS,
+            _NIH_PHRASES,
+            split="val",
+            label_column=None,
+            description="NIH ChestX-ray14 validation (first 20% of test_list.txt), model selection only",
+        ),
     ),
 )
 
 _CHEXPERT = Dataset(
-    "chexpert", "CheXpert-v1.0-small (the 5x200 subset of its training set)", role="test", domain="chest",
+    "chexpert",
+    "CheXpert-v1.0-small (the 5x200 subset of its training set)",
+    role="test",
+    domain="chest",
     tables=(Table("labels", ("train.csv",), "CheXpert train.csv"),),
     files={"images": (".jpg",)},
     source=Source(
         what="CheXpert-v1.0-small (train.csv + train/patient*/study*/view*.jpg)",
         where="https://stanfordaimi.azurewebsites.net/datasets/8cbd9ed4-2eb9-4565-affc-111cf4f7ebe2 (Stanford AIMI, "
-              "free account + research use agreement)"),
+        "free account + research use agreement)",
+    ),
     split=Split("single", value="test"),
     benchmarks=(  # no findings: its manifest has one class label (its train.csv has CHEXPERT_TABLE_ORDER's columns)
-        Benchmark("chexpert5x200", "multiclass", CHEXPERT_5X200_CLASSES,
-                  {c: _CHEXPERT_PHRASES[c] for c in CHEXPERT_5X200_CLASSES},
-                  description="CheXpert 5x200 zero-shot classification (GLoRIA/MGCA protocol)"),
+        Benchmark(
+            "chexpert5x200",
+            "multiclass",
+            CHEXPERT_5X200_CLASSES,
+            {c: _CHEXPERT_PHRASES[c] for c in CHEXPERT_5X200_CLASSES},
+            description="CheXpert 5x200 zero-shot classification (GLoRIA/MGCA protocol)",
+        ),
     ),
 )
 
 _RSNA = Dataset(
-    "rsna", "RSNA Pneumonia Detection Challenge", role="test", domain="chest",
-    tables=(Table("labels", ("stage_2_train_labels.csv", "stage_2_train_labels.csv.gz", "stage_1_train_labels.csv",
-                             "stage_1_train_labels.csv.gz"), "RSNA labels table"),),
+    "rsna",
+    "RSNA Pneumonia Detection Challenge",
+    role="test",
+    domain="chest",
+    tables=(
+        Table(
+            "labels",
+            (
+                "stage_2_train_labels.csv",
+                "stage_2_train_labels.csv.gz",
+                "stage_1_train_labels.csv",
+                "stage_1_train_labels.csv.gz",
+            ),
+            "RSNA labels table",
+        ),
+    ),
     files={"images": (".dcm",)},
     source=Source(
         what="RSNA Pneumonia Detection Challenge: stage_2_train_labels.csv and stage_2_train_images/*.dcm",
         where="https://www.kaggle.com/c/rsna-pneumonia-detection-challenge (accept the rules)",
-        kaggle=("competitions", "download", "-c", "rsna-pneumonia-detection-challenge"), download="kaggle"),
+        kaggle=("competitions", "download", "-c", "rsna-pneumonia-detection-challenge"),
+        download="kaggle",
+    ),
     split=Split("patient_hash", fractions=MappingProxyType({"train": 0.70, "val": 0.15, "test": 0.15})),
     benchmarks=(
-        Benchmark("rsna", "binary", ("Normal", "Pneumonia"), _pair("Normal", "Pneumonia", pneumonia="pneumonia"),
-                  positive="Pneumonia", negative_class="Normal",
-                  description="RSNA Pneumonia zero-shot classification, seeded patient-disjoint test split"),
-        Benchmark("rsna_det", "detection", ("Normal", "Pneumonia"),
-                  _pair("Normal", "Pneumonia", pneumonia="pneumonia"), label_column=None, positive="Pneumonia",
-                  negative_class="Normal", filter={"label": "Pneumonia"},
-                  description="RSNA pneumonia detection, positive images only; boxes in boxes.csv (original "
-                              "pixels)"),
+        Benchmark(
+            "rsna",
+            "binary",
+            ("Normal", "Pneumonia"),
+            _pair("Normal", "Pneumonia", pneumonia="pneumonia"),
+            positive="Pneumonia",
+            negative_class="Normal",
+            description="RSNA Pneumonia zero-shot classification, seeded patient-disjoint test split",
+        ),
+        Benchmark(
+            "rsna_det",
+            "detection",
+            ("Normal", "Pneumonia"),
+            _pair("Normal", "Pneumonia", pneumonia="pneumonia"),
+            label_column=None,
+            positive="Pneumonia",
+            negative_class="Normal",
+            filter={"label": "Pneumonia"},
+            description="RSNA pneumonia detection, positive images only; boxes in boxes.csv (original pixels)",
+        ),
     ),
 )
 
 _SIIM = Dataset(
-    "siim", "SIIM-ACR Pneumothorax Segmentation", role="test", domain="chest",
+    "siim",
+    "SIIM-ACR Pneumothorax Segmentation",
+    role="test",
+    domain="chest",
     tables=(Table("labels", ("stage_2_train.csv", "train-rle.csv", "train-rle.csv.gz"), "SIIM RLE table"),),
     files={"images": (".dcm",)},
     source=Source(
         what="SIIM-ACR Pneumothorax: train-rle.csv (or stage_2_train.csv) and "
-             "dicom-images-train/<study>/<series>/<ImageId>.dcm",
+        "dicom-images-train/<study>/<series>/<ImageId>.dcm",
         where="https://www.kaggle.com/datasets/jesperdramsch/siim-acr-pneumothorax-segmentation-data",
         kaggle=("datasets", "download", "-d", "jesperdramsch/siim-acr-pneumothorax-segmentation-data"),
-        download="kaggle"),
+        download="kaggle",
+    ),
     split=Split("patient_hash", fractions=MappingProxyType({"train": 0.60, "val": 0.10, "test": 0.30})),
     benchmarks=(
-        Benchmark("siim", "binary", ("Normal", "Pneumothorax"),
-                  _pair("Normal", "Pneumothorax", pneumothorax="pneumothorax"), positive="Pneumothorax",
-                  negative_class="Normal",
-                  description="SIIM-ACR Pneumothorax zero-shot classification, 30% seeded test split"),
-        Benchmark("siim_seg", "segmentation", ("Normal", "Pneumothorax"),
-                  _pair("Normal", "Pneumothorax", pneumothorax="pneumothorax"), label_column="mask",
-                  positive="Pneumothorax", negative_class="Normal",
-                  description="SIIM pneumothorax segmentation (masks = union of all RLE rows)"),
+        Benchmark(
+            "siim",
+            "binary",
+            ("Normal", "Pneumothorax"),
+            _pair("Normal", "Pneumothorax", pneumothorax="pneumothorax"),
+            positive="Pneumothorax",
+            negative_class="Normal",
+            description="SIIM-ACR Pneumothorax zero-shot classification, 30% seeded test split",
+        ),
+        Benchmark(
+            "siim_seg",
+            "segmentation",
+            ("Normal", "Pneumothorax"),
+            _pair("Normal", "Pneumothorax", pneumothorax="pneumothorax"),
+            label_column="mask",
+            positive="Pneumothorax",
+            negative_class="Normal",
+            description="SIIM pneumothorax segmentation (masks = union of all RLE rows)",
+        ),
     ),
 )
 
 _MHIST = Dataset(
-    "mhist", "MHIST colorectal polyp histopathology", role="test", domain="histopathology",
+    "mhist",
+    "MHIST colorectal polyp histopathology",
+    role="test",
+    domain="histopathology",
     tables=(Table("labels", ("annotations.csv",), "MHIST annotations.csv"),),
     files={"images": (".png",)},
-    source=Source(what="MHIST: annotations.csv and images/*.png (images.zip)",
-                  where="https://bmirds.github.io/MHIST/ (request form; the download link arrives by e-mail)"),
+    source=Source(
+        what="MHIST: annotations.csv and images/*.png (images.zip)",
+        where="https://bmirds.github.io/MHIST/ (request form; the download link arrives by e-mail)",
+    ),
     split=Split("official", names=MappingProxyType({"train": "train", "test": "test"})),
     benchmarks=(
-        Benchmark("mhist", "binary", ("HP", "SSA"),
-                  {"HP": ("hyperplastic polyp",), "SSA": ("sessile serrated adenoma",)},
-                  domain="histopathology", positive="SSA",
-                  description="MHIST test partition, hyperplastic polyp vs sessile serrated adenoma"),
+        Benchmark(
+            "mhist",
+            "binary",
+            ("HP", "SSA"),
+            {"HP": ("hyperplastic polyp",), "SSA": ("sessile serrated adenoma",)},
+            domain="histopathology",
+            positive="SSA",
+            description="MHIST test partition, hyperplastic polyp vs sessile serrated adenoma",
+        ),
     ),
 )
 
 #: LC25000 class folder -> organ.
-LC25000_CLASSES = MappingProxyType({"lung_aca": "lung", "lung_n": "lung", "lung_scc": "lung", "colon_aca": "colon",
-                                    "colon_n": "colon"})
+LC25000_CLASSES = MappingProxyType(
+    {"lung_aca": "lung", "lung_n": "lung", "lung_scc": "lung", "colon_aca": "colon", "colon_n": "colon"}
+)
 
 _LC25000 = Dataset(
-    "lc25000", "LC25000 lung and colon histopathology", role="test", domain="histopathology",
+    "lc25000",
+    "LC25000 lung and colon histopathology",
+    role="test",
+    domain="histopathology",
     tables=(),
     files={"images": (".jpeg", ".jpg")},
     folders=tuple(LC25000_CLASSES),
     source=Source(
         what="LC25000 (LC25000.zip -> lung_colon_image_set/{lung,colon}_image_sets/<class>/*.jpeg)",
         where="https://github.com/tampapath/lung_colon_image_set (academictorrents) or Kaggle "
-              "andrewmvd/lung-and-colon-cancer-histopathological-images; or set data.urls.lc25000 to a mirror of "
-              "LC25000.zip",
+        "andrewmvd/lung-and-colon-cancer-histopathological-images; or set data.urls.lc25000 to a mirror of "
+        "LC25000.zip",
         kaggle=("datasets", "download", "-d", "andrewmvd/lung-and-colon-cancer-histopathological-images"),
-        download="url"),
+        download="url",
+    ),
     split=Split("single", value="test"),
     benchmarks=(
-        Benchmark("lc25000_lung", "multiclass", ("lung_aca", "lung_n", "lung_scc"),
-                  {"lung_aca": ("lung adenocarcinoma",), "lung_n": ("benign lung tissue",),
-                   "lung_scc": ("lung squamous cell carcinoma",)},
-                  domain="histopathology", filter={"organ": "lung"}, description="LC25000 lung, 3-way zero-shot"),
-        Benchmark("lc25000_colon", "binary", ("colon_aca", "colon_n"),
-                  {"colon_aca": ("colon adenocarcinoma",), "colon_n": ("benign colonic tissue",)},
-                  domain="histopathology", filter={"organ": "colon"}, positive="colon_aca",
-                  description="LC25000 colon, 2-way zero-shot"),
+        Benchmark(
+            "lc25000_lung",
+            "multiclass",
+            ("lung_aca", "lung_n", "lung_scc"),
+            {
+                "lung_aca": ("lung adenocarcinoma",),
+                "lung_n": ("benign lung tissue",),
+                "lung_scc": ("lung squamous cell carcinoma",),
+            },
+            domain="histopathology",
+            filter={"organ": "lung"},
+            description="LC25000 lung, 3-way zero-shot",
+        ),
+        Benchmark(
+            "lc25000_colon",
+            "binary",
+            ("colon_aca", "colon_n"),
+            {"colon_aca": ("colon adenocarcinoma",), "colon_n": ("benign colonic tissue",)},
+            domain="histopathology",
+            filter={"organ": "colon"},
+            positive="colon_aca",
+            description="LC25000 colon, 2-way zero-shot",
+        ),
     ),
 )
 
 #: Every data set, in pipeline order (training data, validation data, then the test benchmarks).
-DATASETS: MappingProxyType = MappingProxyType({d.name: d for d in (
-    _MIMIC, _NIH14, _CHEXPERT, _RSNA, _SIIM, _MHIST, _LC25000)})
+DATASETS: MappingProxyType = MappingProxyType(
+    {d.name: d for d in (_MIMIC, _NIH14, _CHEXPERT, _RSNA, _SIIM, _MHIST, _LC25000)}
+)
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
 #: Every benchmark, in the order of its data set and its declaration.

@@ -45,8 +45,15 @@ COLUMNS = ["method", "benchmark", "protocol", "metric", "value", "ci_low", "ci_h
 
 #: Benchmark -> the metric shown in the tables and the summary (in this order).
 HEADLINE_METRICS = {
-    "chexpert5x200": "accuracy", "rsna": "auroc", "siim": "auroc", "mhist": "accuracy",
-    "lc25000_lung": "accuracy", "lc25000_colon": "accuracy", "nih14": "auroc", "siim_seg": "dice", "rsna_det": "map",
+    "chexpert5x200": "accuracy",
+    "rsna": "auroc",
+    "siim": "auroc",
+    "mhist": "accuracy",
+    "lc25000_lung": "accuracy",
+    "lc25000_colon": "accuracy",
+    "nih14": "auroc",
+    "siim_seg": "dice",
+    "rsna_det": "map",
 }
 
 #: Short benchmark names of the summary keys.
@@ -54,8 +61,11 @@ SHORT_NAMES = {"chexpert5x200": "chexpert", "lc25000_lung": "lung", "lc25000_col
 
 #: Values reported by the ACE-LoRA paper (percent) and the protocol each was measured with.
 PAPER_RESULTS = {
-    "chexpert5x200": (49.8, "zero-shot"), "rsna": (87.19, "zero-shot"), "mhist": (57.27, "zero-shot"),
-    "lc25000_lung": (84.03, "zero-shot"), "lc25000_colon": (90.39, "zero-shot"),
+    "chexpert5x200": (49.8, "zero-shot"),
+    "rsna": (87.19, "zero-shot"),
+    "mhist": (57.27, "zero-shot"),
+    "lc25000_lung": (84.03, "zero-shot"),
+    "lc25000_colon": (90.39, "zero-shot"),
     "siim_seg": (46.34, "protocol not stated (MGCA data-efficient splits, or zero-shot grounding)"),
     "rsna_det": (21.29, "protocol not stated (MGCA data-efficient splits, or zero-shot grounding)"),
 }
@@ -66,8 +76,14 @@ PROTOCOLS = {
     "dataeff": "frozen image encoder + trained dense head on a fraction of the training labels",
 }
 
-METRIC_LABELS = {"accuracy": "ACC", "auroc": "AUC", "dice": "Dice", "map": "mAP", "f1": "F1",
-                 "balanced_accuracy": "BACC"}
+METRIC_LABELS = {
+    "accuracy": "ACC",
+    "auroc": "AUC",
+    "dice": "Dice",
+    "map": "mAP",
+    "f1": "F1",
+    "balanced_accuracy": "BACC",
+}
 _SUMMARY_SUFFIX = {"accuracy": "acc", "auroc": "auc", "dice": "dice", "map": "map"}
 _GROUNDING_TASKS = {"siim_seg": "segmentation", "rsna_det": "detection"}
 
@@ -87,8 +103,10 @@ def collect_metrics(metrics_dir: str | Path, methods: Sequence[str], datasets: S
         for dataset in datasets:
             path = Path(metrics_dir) / method / f"{dataset}.json"
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: no metrics for method {method!r} on {dataset!r}; run the "
-                                        f"evaluate stage first (snakemake, or dvc repro)")
+                raise FileNotFoundError(
+                    f"{path}: no metrics for method {method!r} on {dataset!r}; run the "
+                    f"evaluate stage first (snakemake, or dvc repro)"
+                )
             try:
                 values = json.loads(path.read_text())
             except json.JSONDecodeError as err:
@@ -104,9 +122,18 @@ def collect_metrics(metrics_dir: str | Path, methods: Sequence[str], datasets: S
                 for suffix in ("_ci_low", "_ci_high"):
                     if metric.endswith(suffix):
                         metric, bound = metric[: -len(suffix)], suffix[1:]
-                row = rows.setdefault((method, benchmark, protocol, metric),
-                                      {"method": method, "benchmark": benchmark, "protocol": protocol,
-                                       "metric": metric, "value": np.nan, "ci_low": np.nan, "ci_high": np.nan})
+                row = rows.setdefault(
+                    (method, benchmark, protocol, metric),
+                    {
+                        "method": method,
+                        "benchmark": benchmark,
+                        "protocol": protocol,
+                        "metric": metric,
+                        "value": np.nan,
+                        "ci_low": np.nan,
+                        "ci_high": np.nan,
+                    },
+                )
                 row[bound or "value"] = float(value)
     return pd.DataFrame(list(rows.values()), columns=COLUMNS)
 
@@ -123,8 +150,9 @@ def _protocol_rank(protocol: str) -> tuple[int, float, str]:
     """zeroshot, grounding, then dataeff_<pct>pct by fraction, then anything else."""
     order = ["zeroshot", "grounding", "dataeff"]
     base, _, rest = protocol.partition("_")
-    pct = float(rest[:-3]) if base == "dataeff" and rest.endswith("pct") and rest[:-3].replace(".", "").isdigit() \
-        else 0.0
+    pct = (
+        float(rest[:-3]) if base == "dataeff" and rest.endswith("pct") and rest[:-3].replace(".", "").isdigit() else 0.0
+    )
     return (order.index(base) if base in order else len(order), pct, protocol)
 
 
@@ -138,8 +166,10 @@ def _protocol_label(protocol: str) -> str:
 def _protocol_note(protocol: str) -> str:
     base, _, rest = protocol.partition("_")
     if base == "dataeff" and rest.endswith("pct"):
-        return (f"frozen image encoder + linear patch head trained on {rest[:-3]} % of the train split's labels, "
-                "threshold chosen on the validation split")
+        return (
+            f"frozen image encoder + linear patch head trained on {rest[:-3]} % of the train split's labels, "
+            "threshold chosen on the validation split"
+        )
     return PROTOCOLS.get(protocol, PROTOCOLS.get(base, protocol))
 
 
@@ -156,8 +186,10 @@ def headline_table(df: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     keep["paper_pct"] = [PAPER_RESULTS.get(b, (np.nan, ""))[0] for b in keep["benchmark"]]
     keep["paper_protocol"] = [PAPER_RESULTS.get(b, (np.nan, ""))[1] for b in keep["benchmark"]]
     order = {m: i for i, m in enumerate(methods)}
-    keys = [(_benchmark_rank(b), _protocol_rank(p), order[m])
-            for b, p, m in zip(keep["benchmark"], keep["protocol"], keep["method"])]
+    keys = [
+        (_benchmark_rank(b), _protocol_rank(p), order[m])
+        for b, p, m in zip(keep["benchmark"], keep["protocol"], keep["method"])
+    ]
     keep = keep.iloc[sorted(range(len(keep)), key=keys.__getitem__)] if len(keep) else keep
     return keep.reset_index(drop=True)
 
@@ -174,40 +206,55 @@ def _cell(row: pd.Series | None) -> str:
 def _tables(table: pd.DataFrame, methods: Sequence[str]) -> list[dict]:
     """The report's tables as data: title, header, rows (lists of cells) and notes; shared by Markdown and HTML."""
     lookup = {(r.method, r.benchmark, r.protocol): r for _, r in table.iterrows()}
-    classification = sorted({b for b, p in zip(table["benchmark"], table["protocol"]) if p == "zeroshot"}
-                            | {b for b in PAPER_RESULTS if b not in _GROUNDING_TASKS}, key=_benchmark_rank)
-    tables = [{
-        "title": "Classification (zero-shot)",
-        "header": ["method"] + [f"{b} {METRIC_LABELS[HEADLINE_METRICS.get(b, 'accuracy')]}" for b in classification],
-        "rows": [[m] + [_cell(lookup.get((m, b, "zeroshot"))) for b in classification] for m in methods]
-                + [["paper (reported, zero-shot)"]
-                   + [f"{PAPER_RESULTS[b][0]:.2f}" if b in PAPER_RESULTS else "—" for b in classification]],
-        "notes": [],
-    }]
+    classification = sorted(
+        {b for b, p in zip(table["benchmark"], table["protocol"]) if p == "zeroshot"}
+        | {b for b in PAPER_RESULTS if b not in _GROUNDING_TASKS},
+        key=_benchmark_rank,
+    )
+    tables = [
+        {
+            "title": "Classification (zero-shot)",
+            "header": ["method"]
+            + [f"{b} {METRIC_LABELS[HEADLINE_METRICS.get(b, 'accuracy')]}" for b in classification],
+            "rows": [[m] + [_cell(lookup.get((m, b, "zeroshot"))) for b in classification] for m in methods]
+            + [
+                ["paper (reported, zero-shot)"]
+                + [f"{PAPER_RESULTS[b][0]:.2f}" if b in PAPER_RESULTS else "—" for b in classification]
+            ],
+            "notes": [],
+        }
+    ]
     for bench, task in _GROUNDING_TASKS.items():
         protocols = sorted({p for b, p in zip(table["benchmark"], table["protocol"]) if b == bench}, key=_protocol_rank)
         paper, paper_protocol = PAPER_RESULTS[bench]
-        tables.append({
-            "title": f"{bench}: {task}, {METRIC_LABELS[HEADLINE_METRICS[bench]]}",
-            "header": ["method"] + [_protocol_label(p) for p in protocols],
-            "rows": [[m] + [_cell(lookup.get((m, bench, p))) for p in protocols] for m in methods],
-            "notes": [f"Paper: {paper:.2f} ({paper_protocol})."]
-                     + ([] if protocols else ["No results: the data set is not in `evaluate.datasets`."]),
-        })
+        tables.append(
+            {
+                "title": f"{bench}: {task}, {METRIC_LABELS[HEADLINE_METRICS[bench]]}",
+                "header": ["method"] + [_protocol_label(p) for p in protocols],
+                "rows": [[m] + [_cell(lookup.get((m, bench, p))) for p in protocols] for m in methods],
+                "notes": [f"Paper: {paper:.2f} ({paper_protocol})."]
+                + ([] if protocols else ["No results: the data set is not in `evaluate.datasets`."]),
+            }
+        )
     return tables
 
 
 def _protocol_notes(table: pd.DataFrame) -> list[str]:
-    return [f"- {_protocol_label(p)} (`{p}`): {_protocol_note(p)}"
-            for p in sorted(set(table["protocol"]) | {"zeroshot"}, key=_protocol_rank)]
+    return [
+        f"- {_protocol_label(p)} (`{p}`): {_protocol_note(p)}"
+        for p in sorted(set(table["protocol"]) | {"zeroshot"}, key=_protocol_rank)
+    ]
 
 
 def _markdown(table: pd.DataFrame, methods: Sequence[str]) -> str:
-    lines = ["# Benchmarks", "", "Values in percent; brackets: 95 % bootstrap confidence interval over test images.",
-             "Rows follow `methods` in params.yaml."]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Values in percent; brackets: 95 % bootstrap confidence interval over test images.",
+        "Rows follow `methods` in params.yaml.",
+    ]
     for t in _tables(table, methods):
-        lines += ["", f"## {t['title']}", "", "| " + " | ".join(t["header"]) + " |",
-                  "|" + "---|" * len(t["header"])]
+        lines += ["", f"## {t['title']}", "", "| " + " | ".join(t["header"]) + " |", "|" + "---|" * len(t["header"])]
         lines += ["| " + " | ".join(row) + " |" for row in t["rows"]]
         lines += ([""] + t["notes"]) if t["notes"] else []
     lines += ["", "Protocols:"] + _protocol_notes(table)
@@ -222,13 +269,20 @@ p.note{font-size:12px;color:#555}"""
 
 def _html(table: pd.DataFrame, methods: Sequence[str]) -> str:
     esc = html.escape
-    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>ACE-LoRA benchmarks</title>',
-             f"<style>{_HTML_STYLE}</style></head><body>", "<h1>Benchmarks</h1>",
-             '<p class="note">Values in percent; brackets: 95 % bootstrap confidence interval over test images. '
-             "Rows follow <code>methods</code> in params.yaml.</p>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8"><title>ACE-LoRA benchmarks</title>',
+        f"<style>{_HTML_STYLE}</style></head><body>",
+        "<h1>Benchmarks</h1>",
+        '<p class="note">Values in percent; brackets: 95 % bootstrap confidence interval over test images. '
+        "Rows follow <code>methods</code> in params.yaml.</p>",
+    ]
     for t in _tables(table, methods):
-        parts += [f"<h2>{esc(t['title'])}</h2>", "<table>",
-                  "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in t["header"]) + "</tr>"]
+        parts += [
+            f"<h2>{esc(t['title'])}</h2>",
+            "<table>",
+            "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in t["header"]) + "</tr>",
+        ]
         for row in t["rows"]:
             cls = ' class="paper"' if row[0].startswith("paper") else ""
             parts.append(f"<tr{cls}>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
@@ -240,8 +294,9 @@ def _html(table: pd.DataFrame, methods: Sequence[str]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def summary_metrics(table: pd.DataFrame, methods: Sequence[str],
-                    training: Mapping[str, dict] | None = None) -> dict[str, float]:
+def summary_metrics(
+    table: pd.DataFrame, methods: Sequence[str], training: Mapping[str, dict] | None = None
+) -> dict[str, float]:
     """One headline value (percent, 2 decimals) per method and benchmark: ``<method>/<benchmark>_<metric>``.
 
     Classification benchmarks report their zero-shot value; segmentation and detection their zero-shot
@@ -251,14 +306,17 @@ def summary_metrics(table: pd.DataFrame, methods: Sequence[str],
     """
     out: dict[str, float] = {}
     order = {m: i for i, m in enumerate(methods)}
-    keys = [(order[m], _benchmark_rank(b), _protocol_rank(p))
-            for m, b, p in zip(table["method"], table["benchmark"], table["protocol"])]
+    keys = [
+        (order[m], _benchmark_rank(b), _protocol_rank(p))
+        for m, b, p in zip(table["method"], table["benchmark"], table["protocol"])
+    ]
     rows = table.iloc[sorted(range(len(table)), key=keys.__getitem__)] if len(table) else table
     for _, row in rows.drop_duplicates(["method", "benchmark"]).iterrows():
         if not np.isnan(row["value_pct"]):
             bench = SHORT_NAMES.get(row["benchmark"], row["benchmark"])
             out[f"{row['method']}/{bench}_{_SUMMARY_SUFFIX.get(row['metric'], row['metric'])}"] = round(
-                float(row["value_pct"]), 2)
+                float(row["value_pct"]), 2
+            )
     for method, values in (training or {}).items():
         parts = str(values.get("val_metric", "")).split("/")
         if values.get("trained") and len(parts) == 3 and isinstance(values.get("val_best"), (int, float)):
@@ -267,9 +325,14 @@ def summary_metrics(table: pd.DataFrame, methods: Sequence[str],
     return out
 
 
-def write_report(df: pd.DataFrame, methods: Sequence[str], md_path: str | Path, csv_path: str | Path,
-                 summary_path: str | Path | None = None, training: Mapping[str, dict] | None = None
-                 ) -> dict[str, float]:
+def write_report(
+    df: pd.DataFrame,
+    methods: Sequence[str],
+    md_path: str | Path,
+    csv_path: str | Path,
+    summary_path: str | Path | None = None,
+    training: Mapping[str, dict] | None = None,
+) -> dict[str, float]:
     """Write the tables (``md_path``), the headline rows as CSV (``csv_path``) and the summary metrics
     (:func:`summary_metrics`, with ``training``).
 
@@ -297,8 +360,13 @@ def macro_roc(roc: pd.DataFrame, points: int = 101) -> pd.DataFrame:
     if len(classes) == 1:
         return roc[["fpr", "tpr"]].reset_index(drop=True)
     grid = np.linspace(0.0, 1.0, points)
-    tpr = np.mean([np.interp(grid, g["fpr"].to_numpy(float), g["tpr"].to_numpy(float))
-                   for _, g in roc.groupby("class", sort=False)], axis=0)
+    tpr = np.mean(
+        [
+            np.interp(grid, g["fpr"].to_numpy(float), g["tpr"].to_numpy(float))
+            for _, g in roc.groupby("class", sort=False)
+        ],
+        axis=0,
+    )
     return pd.DataFrame({"fpr": grid, "tpr": tpr})
 
 
@@ -337,9 +405,14 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame()
 
 
-def write_figures(table: pd.DataFrame, methods: Sequence[str], evaluate_dirs: Mapping[tuple[str, str], Path],
-                  train_logs: Mapping[str, tuple[Path, Path]], out_dir: str | Path,
-                  overlays_per_benchmark: int = 1) -> dict[str, int]:
+def write_figures(
+    table: pd.DataFrame,
+    methods: Sequence[str],
+    evaluate_dirs: Mapping[tuple[str, str], Path],
+    train_logs: Mapping[str, tuple[Path, Path]],
+    out_dir: str | Path,
+    overlays_per_benchmark: int = 1,
+) -> dict[str, int]:
     """The results page's files under ``out_dir`` (rewritten whole): ``tables/benchmarks.html`` (the tables of
     ``benchmarks.md``; ``table`` is :func:`headline_table`'s output),
     ``charts/<benchmark>.png`` (every method with its 95 % interval and the paper's value),
@@ -359,19 +432,27 @@ def write_figures(table: pd.DataFrame, methods: Sequence[str], evaluate_dirs: Ma
             rows = rows.assign(protocol=rows["protocol"].map(_protocol_label))
             paper, _ = PAPER_RESULTS.get(bench, (None, ""))
             label = METRIC_LABELS.get(HEADLINE_METRICS[bench], HEADLINE_METRICS[bench])
-            plots.save_benchmark_chart(rows, list(methods), out / "charts" / f"{bench}.png",
-                                       title=f"{bench} ({label}, 95 % CI)", ylabel=f"{label} (%)", paper=paper,
-                                       paper_label="paper")
+            plots.save_benchmark_chart(
+                rows,
+                list(methods),
+                out / "charts" / f"{bench}.png",
+                title=f"{bench} ({label}, 95 % CI)",
+                ylabel=f"{label} (%)",
+                paper=paper,
+                paper_label="paper",
+            )
         for bench, frames in _artifacts(evaluate_dirs, "roc").items():
             plots.save_roc_chart(frames, out / "roc" / f"{bench}.png", title=f"{bench}: ROC, one-vs-rest per class")
         for bench, frames in _artifacts(evaluate_dirs, "confusion").items():
-            plots.save_confusion_chart(frames, out / "confusion" / f"{bench}.png",
-                                       title=f"{bench}: confusion matrix (test images)")
+            plots.save_confusion_chart(
+                frames, out / "confusion" / f"{bench}.png", title=f"{bench}: confusion matrix (test images)"
+            )
         steps = {m: _read_csv(p) for m, (p, _) in train_logs.items()}
         vals = {m: _read_csv(v) for m, (_, v) in train_logs.items()}
         if any(len(f) for f in [*steps.values(), *vals.values()]):
-            plots.save_training_curves(steps, vals, out / "training" / "curves.png",
-                                       val_label="validation zero-shot score")
+            plots.save_training_curves(
+                steps, vals, out / "training" / "curves.png", val_label="validation zero-shot score"
+            )
         dataeff = sorted({p for p in table["protocol"] if p.startswith("dataeff")}, key=_protocol_rank)
         overlay_protocols = {"grounding", *dataeff[-1:]}
         for (method, _), folder in evaluate_dirs.items():

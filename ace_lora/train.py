@@ -91,8 +91,9 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / span))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-                    ) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR over :func:`lr_factor`, stepped once per optimizer step."""
 
     def factor(step: int) -> float:
@@ -117,8 +118,10 @@ def plan_schedule(cfg: TrainConfig, n_pairs: int, world_size: int) -> Schedule:
     batches = per_rank // cfg.batch_size
     steps_per_epoch = batches // cfg.grad_accum
     if steps_per_epoch < 1:
-        raise ValueError(f"train: {n_pairs} training pairs give no full step with batch_size {cfg.batch_size} x "
-                         f"grad_accum {cfg.grad_accum} x {world_size} process(es)")
+        raise ValueError(
+            f"train: {n_pairs} training pairs give no full step with batch_size {cfg.batch_size} x "
+            f"grad_accum {cfg.grad_accum} x {world_size} process(es)"
+        )
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
@@ -146,7 +149,7 @@ class ResumableSampler(DistributedSampler):
         self.start = start
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
+        return iter(list(super().__iter__())[self.start :])
 
     def __len__(self) -> int:
         return self.num_samples - self.start
@@ -168,8 +171,13 @@ def capture_rng() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
-        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": {"version": version, "state": list(state), "gauss_next": gauss_next},
     }
 
@@ -193,8 +201,9 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(params) != set(state):
         missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-        raise ValueError(f"checkpoint does not match the model's trainable parameters: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")
+        raise ValueError(
+            f"checkpoint does not match the model's trainable parameters: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     with torch.no_grad():
         for n, p in params.items():
             if p.shape != state[n].shape:
@@ -221,8 +230,9 @@ class ContrastiveStep(nn.Module):
         self.model = model
         self.loss_fn = loss_fn
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         image_emb, text_emb = self.model(images, input_ids, attention_mask)  # (B, D), (B, D)
         return self.loss_fn(image_emb.float(), text_emb.float(), self.model.logit_scale, labels)
 
@@ -319,8 +329,9 @@ NOT_IN_IDENTITY = ("log_every", "checkpoint_every", "num_workers", "pin_memory",
 CODE_ROOTS = ("ace_lora.__main__", "ace_lora.cli", "ace_lora.train")
 
 
-def run_identity(params: Params, method: str, model_cfg: ModelConfig, loss_cfg: LossConfig, world_size: int,
-                 bf16: bool) -> dict:
+def run_identity(
+    params: Params, method: str, model_cfg: ModelConfig, loss_cfg: LossConfig, world_size: int, bf16: bool
+) -> dict:
     """Everything that determines a training run's result, as plain data (``run.json``).
 
     The resolved method settings, the training recipe (less :data:`NOT_IN_IDENTITY`, plus the process count and the
@@ -339,10 +350,11 @@ def run_identity(params: Params, method: str, model_cfg: ModelConfig, loss_cfg: 
         "model": to_dict(model_cfg),
         "loss": to_dict(loss_cfg),
         "train": {**train_cfg, "precision": "bf16" if bf16 else "fp32", "world_size": world_size},
-        "selection": {"ensemble": params.evaluate.ensemble,
-                      "prompts": validation_prompts(params, get_benchmark(name))},
-        "inputs": {"processed/mimic": P.hash_path(processed / "mimic"),
-                   f"processed/{name}": P.hash_path(processed / name)},
+        "selection": {"ensemble": params.evaluate.ensemble, "prompts": validation_prompts(params, get_benchmark(name))},
+        "inputs": {
+            "processed/mimic": P.hash_path(processed / "mimic"),
+            f"processed/{name}": P.hash_path(processed / name),
+        },
         "code": code_fingerprint(),
     }
 
@@ -410,7 +422,7 @@ def plan_run(identity: dict, checkpoint_dir: Path, resume: bool) -> RunPlan:
 def prune_runs(checkpoint_dir: Path, keep: int, current: Path) -> list[Path]:
     """Delete the least recently updated run folders beyond ``keep`` (the current run counts and stays)."""
     others = [d for d in _previous_runs(checkpoint_dir) if d != current]
-    doomed = others[:max(len(others) - (keep - 1), 0)]
+    doomed = others[: max(len(others) - (keep - 1), 0)]
     for d in doomed:
         shutil.rmtree(d, ignore_errors=True)
     return doomed
@@ -418,8 +430,16 @@ def prune_runs(checkpoint_dir: Path, keep: int, current: Path) -> list[Path]:
 
 def write_run_record(plan: RunPlan, identity: dict, status: str, summary: dict | None = None) -> None:
     """``run.json``: the full identity, so a user can see what a run was, and where it stands."""
-    atomic_write_json(plan.run_dir / "run.json", {"run": plan.run_id, "fingerprint": plan.fingerprint,
-                                                  "status": status, "summary": summary, "identity": identity})
+    atomic_write_json(
+        plan.run_dir / "run.json",
+        {
+            "run": plan.run_id,
+            "fingerprint": plan.fingerprint,
+            "status": status,
+            "summary": summary,
+            "identity": identity,
+        },
+    )
 
 
 # ------------------------------------------------------------------------------------------- one trainer
@@ -451,8 +471,10 @@ def method_lock(checkpoint_dir: Path, env: D.DistEnv) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            error = (f"{checkpoint_dir} is in use by another trainer (PID {holder}); wait for it to finish or stop "
-                     "it, then rerun")
+            error = (
+                f"{checkpoint_dir} is in use by another trainer (PID {holder}); wait for it to finish or stop "
+                "it, then rerun"
+            )
     error = D.broadcast_object(error)
     if error:
         raise RunLockedError(error)
@@ -514,8 +536,17 @@ class Progress:
         self.last_t = now
         rate = (step - self.start_step) / max(now - self.start_t, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else float("nan")
-        log.info("%s: step %d/%d (epoch %d) loss %.4f lr %.2e, %.2f steps/s, about %.0f s left",
-                 self.label, step, self.total, epoch, loss, lr, rate, eta)
+        log.info(
+            "%s: step %d/%d (epoch %d) loss %.4f lr %.2e, %.2f steps/s, about %.0f s left",
+            self.label,
+            step,
+            self.total,
+            epoch,
+            loss,
+            lr,
+            rate,
+            eta,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -565,9 +596,17 @@ class TrainPaths:
         return self.log_path.with_name(f"{self.log_path.stem}_val.csv")
 
 
-def train(params: Params, method: str, out_dir: Path, resume: bool = False, *,
-          checkpoint_dir: Path | None = None, log_path: Path | None = None, metrics_path: Path | None = None,
-          stop_after: int | None = None) -> Path:
+def train(
+    params: Params,
+    method: str,
+    out_dir: Path,
+    resume: bool = False,
+    *,
+    checkpoint_dir: Path | None = None,
+    log_path: Path | None = None,
+    metrics_path: Path | None = None,
+    stop_after: int | None = None,
+) -> Path:
     """Train ``method`` (or export its untrained/supplied adapter); return ``out_dir/adapter``.
 
     Each run lives in ``checkpoint_dir/<run id>/`` (``last.pt``, the best ``adapter/``, ``run.json``), the run id
@@ -577,9 +616,12 @@ def train(params: Params, method: str, out_dir: Path, resume: bool = False, *,
     once that many optimizer steps are done in total, without changing the schedule: a preemption, for tests.
     """
     out_dir = Path(out_dir)
-    paths = TrainPaths(out_dir, Path(checkpoint_dir) if checkpoint_dir else out_dir / "checkpoints",
-                       Path(log_path) if log_path else out_dir / "log.csv",
-                       Path(metrics_path) if metrics_path else out_dir / "metrics.json")
+    paths = TrainPaths(
+        out_dir,
+        Path(checkpoint_dir) if checkpoint_dir else out_dir / "checkpoints",
+        Path(log_path) if log_path else out_dir / "log.csv",
+        Path(metrics_path) if metrics_path else out_dir / "metrics.json",
+    )
     method_cfg, model_cfg, loss_cfg = resolve_method(params, method)
     if method_cfg.train:
         read_pairs_manifest(params, "train")  # fail before creating anything when the data is missing
@@ -656,12 +698,14 @@ def _export_adapter(method_cfg, model_cfg, loss_cfg, method: str, paths: TrainPa
             save_adapter_atomic(M.load_adapter(Path(source)), adapter_dir, extra)
         elif Path(source).is_file():  # the official ACE_LoRA.pt
             with atomic_dir(adapter_dir) as tmp:
-                M.import_official_checkpoint(Path(source), tmp, preset=model_cfg.preset, model_cfg=model_cfg,
-                                             loss_cfg=loss_cfg)
+                M.import_official_checkpoint(
+                    Path(source), tmp, preset=model_cfg.preset, model_cfg=model_cfg, loss_cfg=loss_cfg
+                )
         else:
             raise FileNotFoundError(f"methods.{method}.adapter: {source} does not exist")
-        atomic_write_text(paths.metrics_path, json.dumps(
-            {"trained": False, "steps": 0, "source": source}, indent=2) + "\n")
+        atomic_write_text(
+            paths.metrics_path, json.dumps({"trained": False, "steps": 0, "source": source}, indent=2) + "\n"
+        )
         CsvLog(paths.log_path, LOG_FIELDS, [])  # empty logs: every method has the same outputs
         CsvLog(paths.val_log_path, VAL_FIELDS, [])
     D.barrier()
@@ -680,8 +724,17 @@ def all_finite(obj) -> bool:
 
 
 class _Trainer:
-    def __init__(self, params: Params, method: str, model_cfg: ModelConfig, loss_cfg: LossConfig,
-                 paths: TrainPaths, env: D.DistEnv, plan: RunPlan, identity: dict):
+    def __init__(
+        self,
+        params: Params,
+        method: str,
+        model_cfg: ModelConfig,
+        loss_cfg: LossConfig,
+        paths: TrainPaths,
+        env: D.DistEnv,
+        plan: RunPlan,
+        identity: dict,
+    ):
         self.params, self.cfg, self.method = params, params.train, method
         self.paths, self.env, self.device, self.plan, self.identity = paths, env, env.device, plan, identity
         self.bf16 = D.use_bf16(self.cfg.precision, self.device)
@@ -694,25 +747,37 @@ class _Trainer:
         self.model.to(self.device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not self.trainable:
-            raise ValueError(f"methods.{method}: nothing to train (LoRA off, no ACE-HGNN, fixed logit scale); "
-                             "set train: false")
+            raise ValueError(
+                f"methods.{method}: nothing to train (LoRA off, no ACE-HGNN, fixed logit scale); set train: false"
+            )
         self.step_module = ContrastiveStep(self.model, self.loss_fn)
         if env.is_distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.engine = DDP(self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                              broadcast_buffers=False, find_unused_parameters=False)
+            self.engine = DDP(
+                self.step_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+                find_unused_parameters=False,
+            )
         else:
             self.engine = self.step_module
 
         self.dataset = make_pair_dataset(params, self.model, "train", train=True)
         self.schedule = plan_schedule(cfg, len(self.dataset), env.world_size)
         self.sampler = ResumableSampler(self.dataset, env.world_size, env.rank, cfg.seed)
-        self.loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=True,
-                                 num_workers=cfg.num_workers, pin_memory=cfg.pin_memory and self.device.type == "cuda",
-                                 generator=torch.Generator().manual_seed(cfg.seed))
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           betas=tuple(cfg.betas))
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=cfg.num_workers,
+            pin_memory=cfg.pin_memory and self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
+        )
         self.scheduler = build_scheduler(self.optimizer, self.schedule.warmup_steps, self.schedule.total_steps)
         self.metric_name, self.validate_fn = make_validator(params, self.model, self.device, self.bf16)
         self.state = _State()
@@ -750,8 +815,10 @@ class _Trainer:
     def _load_checkpoint(self) -> None:
         ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
         if ckpt.get("run") != self.plan.fingerprint:
-            raise ValueError(f"{self.ckpt_path}: written by run {str(ckpt.get('run'))[:16]}, not "
-                             f"{self.plan.run_id}; delete {self.plan.run_dir} and rerun")
+            raise ValueError(
+                f"{self.ckpt_path}: written by run {str(ckpt.get('run'))[:16]}, not "
+                f"{self.plan.run_id}; delete {self.plan.run_dir} and rerun"
+            )
         load_trainable_state(self.model, ckpt["trainable"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -762,10 +829,14 @@ class _Trainer:
 
     def _diverged(self, what: str) -> NonFiniteLossError:
         """The error for a diverging run, naming the step and the last (finite) checkpoint; marks ``run.json``."""
-        where = (f"last good checkpoint: {self.ckpt_path} (step {self.saved_step})" if self.saved_step is not None
-                 else "no checkpoint was written")
-        message = (f"train {self.method}: {what} (epoch {self.state.epoch}); {where}. Lower train.lr or set "
-                   "train.grad_clip")
+        where = (
+            f"last good checkpoint: {self.ckpt_path} (step {self.saved_step})"
+            if self.saved_step is not None
+            else "no checkpoint was written"
+        )
+        message = (
+            f"train {self.method}: {what} (epoch {self.state.epoch}); {where}. Lower train.lr or set train.grad_clip"
+        )
         if self.env.is_main:
             write_run_record(self.plan, self.identity, f"diverged: {what}")
         return NonFiniteLossError(message)
@@ -784,12 +855,29 @@ class _Trainer:
                 s.initial_metric = value
             elif s.best_metric is None or value > s.best_metric:
                 s.best_metric, s.best_epoch, s.best_step = value, s.epoch, s.step
-                save_adapter_atomic(self.model, self.best_dir, {
-                    "method": self.method, "trained": True, "run": self.plan.run_id, "step": s.best_step,
-                    "epoch": s.best_epoch, "val_metric": self.metric_name, "val_value": s.best_metric})
+                save_adapter_atomic(
+                    self.model,
+                    self.best_dir,
+                    {
+                        "method": self.method,
+                        "trained": True,
+                        "run": self.plan.run_id,
+                        "step": s.best_step,
+                        "epoch": s.best_epoch,
+                        "val_metric": self.metric_name,
+                        "val_value": s.best_metric,
+                    },
+                )
             best = f" (best {s.best_metric:.4f} at step {s.best_step})" if s.best_metric is not None else ""
-            log.info("train %s: validation at step %d (epoch %d): %s = %.4f%s", self.method, s.step, s.epoch,
-                     self.metric_name, value, best)
+            log.info(
+                "train %s: validation at step %d (epoch %d): %s = %.4f%s",
+                self.method,
+                s.step,
+                s.epoch,
+                self.metric_name,
+                value,
+                best,
+            )
         s.last_validated_step = s.step
         D.barrier()
 
@@ -850,13 +938,18 @@ class _Trainer:
         no_sync = self.env.is_distributed and not sync
         with self.engine.no_sync() if no_sync else nullcontext():
             with D.autocast(self.device, "bf16" if self.bf16 else "fp32"):
-                out = self.engine(*(batch[k].to(self.device, non_blocking=True)
-                                    for k in ("image", "input_ids", "attention_mask", "labels")))
+                out = self.engine(
+                    *(
+                        batch[k].to(self.device, non_blocking=True)
+                        for k in ("image", "input_ids", "attention_mask", "labels")
+                    )
+                )
             loss = out["loss"]
             value = D.all_reduce_mean(float(loss.detach()))  # a rank's loss may cover only its own rows
             if not math.isfinite(value):
-                raise self._diverged(f"non-finite loss {value} at step {self.state.step + 1} (micro-batch "
-                                     f"{self.state.batch_in_epoch})")
+                raise self._diverged(
+                    f"non-finite loss {value} at step {self.state.step + 1} (micro-batch {self.state.batch_in_epoch})"
+                )
             (loss / self.cfg.grad_accum).backward()
         return value
 
@@ -881,9 +974,15 @@ class _Trainer:
         self.window = [self.window[0] + seconds, self.window[1] + 1]
         self.progress.update(s.step, s.epoch, loss, lr)
         if log_now:
-            self.step_log.write(step=s.step, epoch=s.epoch, loss=loss, lr=lr,
-                                logit_scale=float(self.model.logit_scale.detach()), grad_norm=float(grad_norm),
-                                pairs_per_s=self.window[1] * self.pairs_per_step / max(self.window[0], 1e-9))
+            self.step_log.write(
+                step=s.step,
+                epoch=s.epoch,
+                loss=loss,
+                lr=lr,
+                logit_scale=float(self.model.logit_scale.detach()),
+                grad_norm=float(grad_norm),
+                pairs_per_s=self.window[1] * self.pairs_per_step / max(self.window[0], 1e-9),
+            )
             self.window = [0.0, 0]
 
     def _end_epoch(self) -> None:
@@ -906,10 +1005,21 @@ class _Trainer:
         if self.env.is_main:
             write_run_record(self.plan, self.identity, "finished", s.summary)
             _publish(self.plan.run_dir, self.paths, s.as_dict())
-            log.info("train %s: finished run %s: %d steps in %.1f s, best %s = %.4f at step %s (untrained %.4f); "
-                     "adapter -> %s, metrics -> %s, logs -> %s", self.method, self.plan.run_id, s.step,
-                     s.train_time_s, self.metric_name, s.best_metric, s.best_step, s.initial_metric,
-                     self.paths.adapter, self.paths.metrics_path, self.paths.log_path)
+            log.info(
+                "train %s: finished run %s: %d steps in %.1f s, best %s = %.4f at step %s (untrained %.4f); "
+                "adapter -> %s, metrics -> %s, logs -> %s",
+                self.method,
+                self.plan.run_id,
+                s.step,
+                s.train_time_s,
+                self.metric_name,
+                s.best_metric,
+                s.best_step,
+                s.initial_metric,
+                self.paths.adapter,
+                self.paths.metrics_path,
+                self.paths.log_path,
+            )
         D.barrier()
         return self.paths.adapter
 

@@ -80,15 +80,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=("tiny", "biomedclip"))
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--single-images", type=int, default=None,
-                        help="images timed one at a time (default: min(--images, 64))")
+    parser.add_argument(
+        "--single-images", type=int, default=None, help="images timed one at a time (default: min(--images, 64))"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="evaluate.precision: auto = bf16 on CUDA, fp32 on CPU (bf16 pays on CPUs with AMX)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="evaluate.precision: auto = bf16 on CUDA, fp32 on CPU (bf16 pays on CPUs with AMX)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -96,28 +101,39 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     model = _build(args.preset, device)
     size = model.preset.image_size
-    results: dict = {"preset": args.preset, "device": str(device), "precision": args.precision, "threads": args.threads,
-                     "images": args.images, "batch_size": args.batch_size, "image_size": size}
+    results: dict = {
+        "preset": args.preset,
+        "device": str(device),
+        "precision": args.precision,
+        "threads": args.threads,
+        "images": args.images,
+        "batch_size": args.batch_size,
+        "image_size": size,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         manifest = _images(root, args.images, size)
         single = manifest.iloc[: args.single_images or min(args.images, 64)]
         embed_images(model, manifest.iloc[:2], root, 2, 0, device, precision=args.precision)  # warm-up
-        t_batched = _median_time(lambda: embed_images(model, manifest, root, args.batch_size, 0, device,
-                                                      precision=args.precision), args.repeats)
-        t_single = _median_time(lambda: embed_images(model, single, root, 1, 0, device, precision=args.precision),
-                                args.repeats)
-        prompts = {c: [f"a chest x-ray image of {c.lower()}.", f"findings suggesting {c.lower()}."]
-                   for c in CLASSES}
+        t_batched = _median_time(
+            lambda: embed_images(model, manifest, root, args.batch_size, 0, device, precision=args.precision),
+            args.repeats,
+        )
+        t_single = _median_time(
+            lambda: embed_images(model, single, root, 1, 0, device, precision=args.precision), args.repeats
+        )
+        prompts = {c: [f"a chest x-ray image of {c.lower()}.", f"findings suggesting {c.lower()}."] for c in CLASSES}
         cfg = EvaluateConfig(batch_size=args.batch_size, bootstrap=args.bootstrap, precision=args.precision)
         t_eval = _median_time(lambda: evaluate_benchmark(model, _Spec(), manifest, root, prompts, cfg, device), 1)
-    results.update({
-        "batched_images_per_s": round(len(manifest) / t_batched, 1),
-        "single_images_per_s": round(len(single) / t_single, 1),
-        "speedup_batched": round((len(manifest) / t_batched) / (len(single) / t_single), 2),
-        "evaluate_benchmark_s": round(t_eval, 2),
-        "bootstrap": args.bootstrap,
-    })
+    results.update(
+        {
+            "batched_images_per_s": round(len(manifest) / t_batched, 1),
+            "single_images_per_s": round(len(single) / t_single, 1),
+            "speedup_batched": round((len(manifest) / t_batched) / (len(single) / t_single), 2),
+            "evaluate_benchmark_s": round(t_eval, 2),
+            "bootstrap": args.bootstrap,
+        }
+    )
     print(json.dumps(results, indent=2))
     if args.json:
         atomic_write_json(args.json, results)

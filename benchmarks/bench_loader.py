@@ -48,8 +48,13 @@ def _cache(root: Path, n: int, size: int) -> pd.DataFrame:
     for i in range(n):
         arr = chest[:, :size] * 255 + rng.normal(0, 4, (height, size))
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(root / f"images/{i}.png")
-        rows.append({"image": f"images/{i}.png", "text": f"report {i}", **{c: int(rng.random() < 0.2)
-                                                                          for c in CHEXPERT_FINDINGS}})
+        rows.append(
+            {
+                "image": f"images/{i}.png",
+                "text": f"report {i}",
+                **{c: int(rng.random() < 0.2) for c in CHEXPERT_FINDINGS},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -70,20 +75,35 @@ def main(argv: list[str] | None = None) -> dict:
     def tokenize(texts):  # the reports are tokenised once, before training: not part of the feed rate
         return torch.zeros(len(texts), context, dtype=torch.long), torch.ones(len(texts), context, dtype=torch.long)
 
-    results: dict = {"preset": args.preset, "image_size": preset.image_size, "images": args.images,
-                     "batch_size": args.batch_size, "cpus": len(os.sched_getaffinity(0)),
-                     "load_avg": os.getloadavg()[0], "runs": {}}
+    results: dict = {
+        "preset": args.preset,
+        "image_size": preset.image_size,
+        "images": args.images,
+        "batch_size": args.batch_size,
+        "cpus": len(os.sched_getaffinity(0)),
+        "load_avg": os.getloadavg()[0],
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         manifest = _cache(Path(tmp), args.images, preset.image_size)
         dataset = PairDataset(manifest, tmp, build_image_transform(preset, train=True), tokenize, CHEXPERT_FINDINGS)
-        print(f"# {args.preset}: {args.images} cached PNGs {preset.image_size}x{round(preset.image_size * 6 / 5)} -> "
-              f"{preset.image_size}^2 batches of {args.batch_size}; {results['cpus']} CPUs, load "
-              f"{results['load_avg']:.1f}", flush=True)
+        print(
+            f"# {args.preset}: {args.images} cached PNGs {preset.image_size}x{round(preset.image_size * 6 / 5)} -> "
+            f"{preset.image_size}^2 batches of {args.batch_size}; {results['cpus']} CPUs, load "
+            f"{results['load_avg']:.1f}",
+            flush=True,
+        )
         for workers in args.workers:
             times, cpu = [], []
             for repeat in range(args.repeats):
-                loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                    num_workers=workers, generator=torch.Generator().manual_seed(repeat))
+                loader = DataLoader(
+                    dataset,
+                    batch_size=args.batch_size,
+                    shuffle=True,
+                    drop_last=True,
+                    num_workers=workers,
+                    generator=torch.Generator().manual_seed(repeat),
+                )
                 start, start_cpu = time.perf_counter(), time.process_time()
                 seen = sum(batch["image"].shape[0] for batch in loader)
                 times.append(time.perf_counter() - start)
@@ -94,9 +114,12 @@ def main(argv: list[str] | None = None) -> dict:
             if workers == 0:  # all work on this process: its CPU time is the cost, whatever else runs on the machine
                 run["images_per_cpu_s"] = seen / statistics.median(cpu)
             results["runs"][workers] = run
-            print(f"workers {workers}: {rate:7.1f} images/s = {rate / cores:6.1f} per core "
-                  f"(pass {statistics.median(times):.2f}s)"
-                  + (f"; {run['images_per_cpu_s']:.1f} images per CPU-second" if workers == 0 else ""), flush=True)
+            print(
+                f"workers {workers}: {rate:7.1f} images/s = {rate / cores:6.1f} per core "
+                f"(pass {statistics.median(times):.2f}s)"
+                + (f"; {run['images_per_cpu_s']:.1f} images per CPU-second" if workers == 0 else ""),
+                flush=True,
+            )
     if args.json:
         atomic_write_json(args.json, results)
     return results

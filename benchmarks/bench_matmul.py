@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     m, k, n = args.shape
     a, b = torch.randn(m, k), torch.randn(k, n)
-    out = {"shape": args.shape, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "bf16_flags": sorted(cpu_bf16_flags() or []), "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+    out = {
+        "shape": args.shape,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_flags": sorted(cpu_bf16_flags() or []),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+    }
     for dtype in (torch.float32, torch.bfloat16):
         x, y = a.to(dtype), b.to(dtype)
         for _ in range(3):

@@ -79,8 +79,9 @@ def _timed(step, device: torch.device, steps: int, warmup: int) -> list[float]:
     return times
 
 
-def bench_train_step(model, loss_fn, batch: int, context: int, fill: float, device: torch.device,
-                     autocast, steps: int, warmup: int) -> dict:
+def bench_train_step(
+    model, loss_fn, batch: int, context: int, fill: float, device: torch.device, autocast, steps: int, warmup: int
+) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     images, ids, mask, labels = _batch(model, batch, context, fill, device)
@@ -97,9 +98,14 @@ def bench_train_step(model, loss_fn, batch: int, context: int, fill: float, devi
         losses.append(float(loss.detach()))
 
     times = _timed(step, device, steps, warmup)
-    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times,
-            "samples_per_s": batch / statistics.median(times), "peak_mem_mib": _peak_mib(device),
-            "loss": losses[-1]}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "times_s": times,
+        "samples_per_s": batch / statistics.median(times),
+        "peak_mem_mib": _peak_mib(device),
+        "loss": losses[-1],
+    }
 
 
 @torch.no_grad()
@@ -125,14 +131,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--image-batch", type=int, default=32, help="batch of the image-embedding throughput run")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                    help="auto: CPU, and CUDA as well when available")
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                    help="auto: fp32 on CPU, fp32 and bf16 autocast on CUDA")
+    ap.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CPU, and CUDA as well when available"
+    )
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto: fp32 on CPU, fp32 and bf16 autocast on CUDA",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--hgnn", default="both", choices=("both", "image", "text", "none"))
-    ap.add_argument("--text-nodes", default="all", choices=("all", "content"),
-                    help="hgnn.text_nodes; content (or --hgnn image/none) skips all-padding columns: try --fill 0.5")
+    ap.add_argument(
+        "--text-nodes",
+        default="all",
+        choices=("all", "content"),
+        help="hgnn.text_nodes; content (or --hgnn image/none) skips all-padding columns: try --fill 0.5",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -145,35 +160,57 @@ def main(argv: list[str] | None = None) -> dict:
     build_s = time.perf_counter() - t0
     context = args.context or model.preset.context_length
     loss_fn = LabelGuidedInfoNCELoss()
-    results = {"preset": args.preset, "context": context, "fill": args.fill, "steps": args.steps,
-               "hgnn": args.hgnn, "text_nodes": args.text_nodes,
-               "torch": torch.__version__, "python": sys.version.split()[0], "machine": platform.machine(),
-               "threads": torch.get_num_threads(), "build_s": build_s,
-               "trainable": model.parameter_breakdown(), "runs": []}
-    print(f"# {args.preset}: build {build_s:.1f}s, trainable {results['trainable']['total']:,}, "
-          f"context {context} (fill {args.fill}), hgnn {args.hgnn}, text nodes {args.text_nodes}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    results = {
+        "preset": args.preset,
+        "context": context,
+        "fill": args.fill,
+        "steps": args.steps,
+        "hgnn": args.hgnn,
+        "text_nodes": args.text_nodes,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "build_s": build_s,
+        "trainable": model.parameter_breakdown(),
+        "runs": [],
+    }
+    print(
+        f"# {args.preset}: build {build_s:.1f}s, trainable {results['trainable']['total']:,}, "
+        f"context {context} (fill {args.fill}), hgnn {args.hgnn}, text nodes {args.text_nodes}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     for dev_name in devices:
         device = torch.device(dev_name)
         model.to(device)
-        precisions = ([args.precision] if args.precision != "auto" else
-                      (["fp32", "bf16"] if device.type == "cuda" else ["fp32"]))
+        precisions = (
+            [args.precision] if args.precision != "auto" else (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
+        )
         for prec in precisions:
+
             def autocast(prec=prec, device=device):
-                return (torch.autocast(device.type, dtype=torch.bfloat16) if prec == "bf16" else nullcontext())
+                return torch.autocast(device.type, dtype=torch.bfloat16) if prec == "bf16" else nullcontext()
+
             for batch in args.batch_sizes:
-                r = bench_train_step(model, loss_fn, batch, context, args.fill, device, autocast, args.steps,
-                                     args.warmup)
+                r = bench_train_step(
+                    model, loss_fn, batch, context, args.fill, device, autocast, args.steps, args.warmup
+                )
                 r.update(kind="train_step", device=dev_name, precision=prec, batch=batch)
                 results["runs"].append(r)
-                print(f"train step  {dev_name:4s} {prec:4s} batch {batch:3d}: median {r['median_s']:.3f}s "
-                      f"(min {r['min_s']:.3f}s, {r['samples_per_s']:.1f} pairs/s), peak {r['peak_mem_mib']:.0f} MiB",
-                      flush=True)
+                print(
+                    f"train step  {dev_name:4s} {prec:4s} batch {batch:3d}: median {r['median_s']:.3f}s "
+                    f"(min {r['min_s']:.3f}s, {r['samples_per_s']:.1f} pairs/s), peak {r['peak_mem_mib']:.0f} MiB",
+                    flush=True,
+                )
             r = bench_image_embedding(model, args.image_batch, device, autocast, args.steps, args.warmup)
             r.update(kind="image_embedding", device=dev_name, precision=prec)
             results["runs"].append(r)
-            print(f"image embed {dev_name:4s} {prec:4s} batch {r['batch']:3d}: median {r['median_s']:.3f}s "
-                  f"({r['images_per_s']:.1f} images/s), peak {r['peak_mem_mib']:.0f} MiB", flush=True)
+            print(
+                f"image embed {dev_name:4s} {prec:4s} batch {r['batch']:3d}: median {r['median_s']:.3f}s "
+                f"({r['images_per_s']:.1f} images/s), peak {r['peak_mem_mib']:.0f} MiB",
+                flush=True,
+            )
     if args.json:
         atomic_write_json(args.json, results)
     return results

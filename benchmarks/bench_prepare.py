@@ -44,8 +44,10 @@ def _sources(root: Path, n: int, jpeg: tuple[int, int], dicom: int) -> dict[str,
     chest, _ = render_chest(max(width, height, dicom), {"Cardiomegaly": 1.0, "Pleural Effusion": 1.0}, rng)
     # smooth anatomy plus grain: at 3000x2500 and quality 95 about 1.6 MB, near MIMIC-CXR-JPG's mean file size
     # (PhysioNet lists 570 GB for its 377,110 JPEGs: 1.5 MB); decoding time grows with the compressed size
-    smooth = np.asarray(Image.fromarray((chest[:height, :width] * 255).astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(2)), dtype=np.float64)
+    smooth = np.asarray(
+        Image.fromarray((chest[:height, :width] * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(2)),
+        dtype=np.float64,
+    )
     items: dict[str, list[Item]] = {"jpeg": [], "dicom": []}
     for i in range(n):
         arr = smooth + rng.normal(0, 2, (height, width))
@@ -54,8 +56,15 @@ def _sources(root: Path, n: int, jpeg: tuple[int, int], dicom: int) -> dict[str,
         items["jpeg"].append(Item(path, f"images/mimic_{i}.png", {}))
         img = np.clip(chest[:dicom, :dicom] + rng.normal(0, 0.01, (dicom, dicom)), 0, 1)
         path = root / f"rsna_{i}.dcm"
-        write_dicom(path, img, variant=i, patient_id=f"p{i}", sop_uid=f"1.2.3.{i}", study_uid=f"1.2.4.{i}",
-                    series_uid=f"1.2.5.{i}")
+        write_dicom(
+            path,
+            img,
+            variant=i,
+            patient_id=f"p{i}",
+            sop_uid=f"1.2.3.{i}",
+            study_uid=f"1.2.4.{i}",
+            series_uid=f"1.2.5.{i}",
+        )
         items["dicom"].append(Item(path, f"images/rsna_{i}.png", {}))
     return items
 
@@ -100,15 +109,23 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    results: dict = {"jpeg": args.jpeg, "dicom": args.dicom, "size": args.size, "cpus": cpus,
-                     "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    results: dict = {
+        "jpeg": args.jpeg,
+        "dicom": args.dicom,
+        "size": args.size,
+        "cpus": cpus,
+        "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
         (root / "raw").mkdir()
         items = _sources(root / "raw", args.images, tuple(args.jpeg), args.dicom)
-        print(f"# wrote {args.images} JPEGs {args.jpeg[0]}x{args.jpeg[1]} and {args.images} DICOMs "
-              f"{args.dicom}^2 in {time.perf_counter() - t0:.1f}s; {cpus} CPUs, load {results['load_avg']}", flush=True)
+        print(
+            f"# wrote {args.images} JPEGs {args.jpeg[0]}x{args.jpeg[1]} and {args.images} DICOMs "
+            f"{args.dicom}^2 in {time.perf_counter() - t0:.1f}s; {cpus} CPUs, load {results['load_avg']}",
+            flush=True,
+        )
         serial = {}
         for kind, draft in (("jpeg", False), ("jpeg", True), ("dicom", False)):
             s = _per_image_s(items[kind], root / "out", args.size, draft)
@@ -124,12 +141,19 @@ def main(argv: list[str] | None = None) -> dict:
         results["parallel_jpeg_draft"] = parallel
     per_core = 1 / serial["jpeg_draft"]
     hours = MIMIC_IMAGES / (per_core * TARGET_CORES) / 3600
-    results.update(mimic_images=MIMIC_IMAGES, target_cores=TARGET_CORES, per_core_images_per_s=per_core,
-                   projected_mimic_hours=hours,
-                   projected_mimic_hours_full_decode=MIMIC_IMAGES * serial["jpeg"] / TARGET_CORES / 3600)
-    print(f"projected full MIMIC-CXR ({MIMIC_IMAGES:,} JPEGs) on {TARGET_CORES} cores at the one-core rate: "
-          f"{hours:.2f} h with draft decoding ({per_core:.2f} images/s/core), "
-          f"{results['projected_mimic_hours_full_decode']:.2f} h with full decoding", flush=True)
+    results.update(
+        mimic_images=MIMIC_IMAGES,
+        target_cores=TARGET_CORES,
+        per_core_images_per_s=per_core,
+        projected_mimic_hours=hours,
+        projected_mimic_hours_full_decode=MIMIC_IMAGES * serial["jpeg"] / TARGET_CORES / 3600,
+    )
+    print(
+        f"projected full MIMIC-CXR ({MIMIC_IMAGES:,} JPEGs) on {TARGET_CORES} cores at the one-core rate: "
+        f"{hours:.2f} h with draft decoding ({per_core:.2f} images/s/core), "
+        f"{results['projected_mimic_hours_full_decode']:.2f} h with full decoding",
+        flush=True,
+    )
     if args.json:
         atomic_write_json(args.json, results)
     return results

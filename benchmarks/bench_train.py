@@ -57,7 +57,7 @@ def forward_gflop_per_pair(preset_name: str) -> dict[str, float]:
     p = get_preset(preset_name)
 
     def tower(tokens: int, width: int, ff: int, layers: int) -> float:
-        return layers * 2 * (tokens * (4 * width ** 2 + 2 * width * ff) + 2 * tokens ** 2 * width) / 1e9
+        return layers * 2 * (tokens * (4 * width**2 + 2 * width * ff) + 2 * tokens**2 * width) / 1e9
 
     image = tower(p.image_tokens, p.vision_width, 4 * p.vision_width, p.vision_layers)
     text = tower(p.context_length, p.text_width, p.text_intermediate, p.text_layers)
@@ -102,9 +102,15 @@ def bench(preset: str, batch: int, steps: int, warmup: int, device: torch.device
     step_s = statistics.median(times)
     fwd = forward_gflop_per_pair(preset)["total"] * batch
     out = {
-        "preset": preset, "batch": batch, "device": str(device), "precision": "bf16" if bf16 else "fp32",
-        "threads": torch.get_num_threads(), "steps": steps,
-        "step_s_median": step_s, "step_s_min": min(times), "step_s_max": max(times),
+        "preset": preset,
+        "batch": batch,
+        "device": str(device),
+        "precision": "bf16" if bf16 else "fp32",
+        "threads": torch.get_num_threads(),
+        "steps": steps,
+        "step_s_median": step_s,
+        "step_s_min": min(times),
+        "step_s_max": max(times),
         "pairs_per_s": batch / step_s,
         "trainable_params": sum(t.numel() for t in trainable),
         "forward_gflop_per_step": fwd,
@@ -112,7 +118,7 @@ def bench(preset: str, batch: int, steps: int, warmup: int, device: torch.device
         "achieved_gflops_2x": 2 * fwd / step_s,
     }
     if device.type == "cuda":
-        out["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        out["peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         out["peak_rss_mib"] = _peak_rss_mib()
         out["peak_rss_mib_before"] = rss0
@@ -127,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                    help="train.precision: auto = bf16 on CUDA, fp32 on CPU (bf16 pays on CPUs with AMX)")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="train.precision: auto = bf16 on CUDA, fp32 on CPU (bf16 pays on CPUs with AMX)",
+    )
     ap.add_argument("--peak-gflops", type=float, default=None, help="peak for the utilisation column")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -138,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     peak = args.peak_gflops
     if peak is None:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-        peak = (next((v for k, v in CUDA_PEAK_GFLOPS.items() if k in name), None) if device.type == "cuda" else
-                CPU_PEAK_GFLOPS[bf16])
+        peak = (
+            next((v for k, v in CUDA_PEAK_GFLOPS.items() if k in name), None)
+            if device.type == "cuda"
+            else CPU_PEAK_GFLOPS[bf16]
+        )
     defaults = {"tiny": [8, 16, 64], "biomedclip": [8, 16] if device.type == "cpu" else [16, 64, 128]}
     results = []
     for preset in args.preset or ["tiny", "biomedclip"]:
@@ -150,14 +163,27 @@ def main(argv: list[str] | None = None) -> int:
             r["utilisation_3x"] = r["achieved_gflops_3x"] / peak if peak else None
             results.append(r)
             mem = r.get("peak_mem_mib", r.get("peak_rss_mib"))
-            print(f"{preset:10s} b={batch:<4d} {r['precision']} {device.type}: {r['step_s_median']:.3f} s/step "
-                  f"[{r['step_s_min']:.3f}-{r['step_s_max']:.3f}]  {r['pairs_per_s']:.1f} pairs/s  "
-                  f"{r['achieved_gflops_3x']:.1f} GFLOP/s (3x; 2x: {r['achieved_gflops_2x']:.1f})  "
-                  f"util {100 * (r['utilisation_3x'] or 0):.1f} %  peak mem {mem:.0f} MiB", flush=True)
+            print(
+                f"{preset:10s} b={batch:<4d} {r['precision']} {device.type}: {r['step_s_median']:.3f} s/step "
+                f"[{r['step_s_min']:.3f}-{r['step_s_max']:.3f}]  {r['pairs_per_s']:.1f} pairs/s  "
+                f"{r['achieved_gflops_3x']:.1f} GFLOP/s (3x; 2x: {r['achieved_gflops_2x']:.1f})  "
+                f"util {100 * (r['utilisation_3x'] or 0):.1f} %  peak mem {mem:.0f} MiB",
+                flush=True,
+            )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": platform.platform(), "python": sys.version.split()[0],
-                                        "torch": torch.__version__, "results": results}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": platform.platform(),
+                    "python": sys.version.split()[0],
+                    "torch": torch.__version__,
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -83,19 +83,28 @@ def headline_values(results: Path, methods: list[str], datasets: list[str]) -> p
 def summarize(per_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """n, mean, sd (n-1), min and max over seeds per method x benchmark x protocol x metric."""
     frame = pd.concat([f.assign(seed=s) for s, f in per_seed.items()], ignore_index=True)
-    stats = frame.groupby(["method", "benchmark", "protocol", "metric"], sort=True)["value"].agg(
-        n="count", mean="mean", sd="std", min="min", max="max").reset_index()
+    stats = (
+        frame.groupby(["method", "benchmark", "protocol", "metric"], sort=True)["value"]
+        .agg(n="count", mean="mean", sd="std", min="min", max="max")
+        .reset_index()
+    )
     return stats[COLUMNS]
 
 
 def to_markdown(stats: pd.DataFrame, seeds: list[int]) -> str:
-    lines = [f"Demo spread over training seeds {', '.join(map(str, seeds))} (headline metric, percent): "
-             "mean ± sd (min–max).", "", "| method | benchmark | protocol | metric | n | mean ± sd | min–max |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Demo spread over training seeds {', '.join(map(str, seeds))} (headline metric, percent): "
+        "mean ± sd (min–max).",
+        "",
+        "| method | benchmark | protocol | metric | n | mean ± sd | min–max |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in stats.itertuples():
         sd = "n/a" if pd.isna(r.sd) else f"{r.sd:.1f}"
-        lines.append(f"| {r.method} | {r.benchmark} | {r.protocol} | {r.metric} | {r.n} | {r.mean:.1f} ± {sd} | "
-                     f"{r.min:.1f}–{r.max:.1f} |")
+        lines.append(
+            f"| {r.method} | {r.benchmark} | {r.protocol} | {r.metric} | {r.n} | {r.mean:.1f} ± {sd} | "
+            f"{r.min:.1f}–{r.max:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -28,8 +28,14 @@ def encode_rle(mask: np.ndarray) -> str:
     return " ".join(map(str, out)) if out else "-1"
 
 
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12,
-                with_pixels: bool = True, **tags) -> Path:
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    with_pixels: bool = True,
+    **tags,
+) -> Path:
     """A minimal valid single-frame 16-bit grayscale DICOM file."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -76,8 +82,13 @@ def png(path: Path, shape=(24, 32), seed=0, rgb=False, fmt=None) -> Path:
 def raw_mimic(root: Path) -> Path:
     d = root / "mimic"
     meta, split, labels = [], [], []
-    studies = [(10000001, 50000001, "train"), (10000001, 50000002, "train"), (10000002, 50000003, "validate"),
-               (10000003, 50000004, "test"), (10000004, 50000005, "train")]
+    studies = [
+        (10000001, 50000001, "train"),
+        (10000001, 50000002, "train"),
+        (10000002, 50000003, "validate"),
+        (10000003, 50000004, "test"),
+        (10000004, 50000005, "train"),
+    ]
     for k, (subject, study, part) in enumerate(studies):
         folder = d / "files" / f"p{str(subject)[:2]}" / f"p{subject}"
         for view, suffix in (("PA", "a"), ("LATERAL", "b")):
@@ -86,7 +97,8 @@ def raw_mimic(root: Path) -> Path:
             meta.append({"dicom_id": dicom_id, "subject_id": subject, "study_id": study, "ViewPosition": view})
             split.append({"dicom_id": dicom_id, "study_id": study, "subject_id": subject, "split": part})
         (folder / f"s{study}.txt").write_text(
-            f"FINAL REPORT\n INDICATION: test {k}.\n FINDINGS: finding text {k}.\n IMPRESSION: impression {k}.\n")
+            f"FINAL REPORT\n INDICATION: test {k}.\n FINDINGS: finding text {k}.\n IMPRESSION: impression {k}.\n"
+        )
         row = {"subject_id": subject, "study_id": study, **{c: np.nan for c in CHEXPERT_FINDINGS}}
         row["Edema"] = [1, -1, 0, np.nan, 1][k]
         row["Cardiomegaly"] = 1 if k == 2 else np.nan
@@ -101,9 +113,18 @@ def raw_nih14(root: Path) -> Path:
     d = root / "nih14"
     names = [f"{p:08d}_{i:03d}.png" for p in range(1, 8) for i in range(2)]  # 7 patients x 2 images
     findings = ["No Finding", "Cardiomegaly|Effusion", "Mass", "Hernia", "No Finding", "Pleural_Thickening"]
-    table = [{"Image Index": n, "Finding Labels": findings[i % len(findings)], "Follow-up #": 0,
-              "Patient ID": int(n[:8]), "Patient Age": 50, "Patient Gender": "M", "View Position": "PA"}
-             for i, n in enumerate(names)]
+    table = [
+        {
+            "Image Index": n,
+            "Finding Labels": findings[i % len(findings)],
+            "Follow-up #": 0,
+            "Patient ID": int(n[:8]),
+            "Patient Age": 50,
+            "Patient Gender": "M",
+            "View Position": "PA",
+        }
+        for i, n in enumerate(names)
+    ]
     pd.DataFrame(table).to_csv(d / "Data_Entry_2017_v2020.csv", index=False) if d.mkdir(parents=True) is None else None
     (d / "train_val_list.txt").write_text("\n".join(names[:4]) + "\n")
     (d / "test_list.txt").write_text("\n".join(names[4:]) + "\n")
@@ -112,9 +133,27 @@ def raw_nih14(root: Path) -> Path:
     return d
 
 
-CHEXPERT_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Enlarged Cardiomediastinum",
-                    "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia",
-                    "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
+CHEXPERT_COLUMNS = [
+    "Path",
+    "Sex",
+    "Age",
+    "Frontal/Lateral",
+    "AP/PA",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+]
 
 
 def raw_chexpert(root: Path) -> Path:
@@ -149,7 +188,8 @@ def raw_rsna(root: Path, n: int = 20) -> Path:
             rows.append([pid, None, None, None, None, 0])
     d.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["patientId", "x", "y", "width", "height", "Target"]).to_csv(
-        d / "stage_2_train_labels.csv", index=False)
+        d / "stage_2_train_labels.csv", index=False
+    )
     return d
 
 
@@ -159,8 +199,12 @@ def raw_siim(root: Path, n: int = 20) -> Path:
     for i in range(n):
         image_id = f"1.2.276.0.{i}"
         px = (np.random.default_rng(i).random((32, 32)) * 4000).astype(np.uint16)
-        write_dicom(d / "dicom-images-train" / f"1.2.{i}" / f"1.3.{i}" / f"{image_id}.dcm", px, "MONOCHROME2",
-                    PatientID=f"P{i // 2}")  # two images per patient
+        write_dicom(
+            d / "dicom-images-train" / f"1.2.{i}" / f"1.3.{i}" / f"{image_id}.dcm",
+            px,
+            "MONOCHROME2",
+            PatientID=f"P{i // 2}",
+        )  # two images per patient
         if i % 4 == 0:
             a = np.zeros((32, 32), bool)
             a[4:10, 3:8] = True
@@ -180,9 +224,10 @@ def raw_mhist(root: Path) -> Path:
         name = f"MHIST_{i:03d}.png"
         png(d / "images" / name, (24, 24), seed=i, rgb=True)
         rows.append([name, "SSA" if i % 2 else "HP", 3, "test" if i < 5 else "train"])
-    pd.DataFrame(rows, columns=["Image Name", "Majority Vote Label",
-                                "Number of Annotators who Selected SSA (Out of 7)", "Partition"]).to_csv(
-        d / "annotations.csv", index=False)
+    pd.DataFrame(
+        rows,
+        columns=["Image Name", "Majority Vote Label", "Number of Annotators who Selected SSA (Out of 7)", "Partition"],
+    ).to_csv(d / "annotations.csv", index=False)
     return d
 
 
@@ -191,10 +236,22 @@ def raw_lc25000(root: Path) -> Path:
     for organ, classes in (("lung", ["lung_aca", "lung_n", "lung_scc"]), ("colon", ["colon_aca", "colon_n"])):
         for c in classes:
             for i in range(2):
-                png(d / f"{organ}_image_sets" / c / f"{c.replace('_', '')}{i}.jpeg", (30, 30), seed=i, rgb=True,
-                     fmt="JPEG")
+                png(
+                    d / f"{organ}_image_sets" / c / f"{c.replace('_', '')}{i}.jpeg",
+                    (30, 30),
+                    seed=i,
+                    rgb=True,
+                    fmt="JPEG",
+                )
     return d.parent
 
 
-RAW = {"mimic": raw_mimic, "nih14": raw_nih14, "chexpert": raw_chexpert, "rsna": raw_rsna, "siim": raw_siim,
-       "mhist": raw_mhist, "lc25000": raw_lc25000}
+RAW = {
+    "mimic": raw_mimic,
+    "nih14": raw_nih14,
+    "chexpert": raw_chexpert,
+    "rsna": raw_rsna,
+    "siim": raw_siim,
+    "mhist": raw_mhist,
+    "lc25000": raw_lc25000,
+}

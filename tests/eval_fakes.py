@@ -33,6 +33,7 @@ class FakeModel(torch.nn.Module):
         def transform(img: Image.Image) -> torch.Tensor:
             arr = np.asarray(img.convert("RGB").resize((SIZE, SIZE)), dtype=np.float32) / 255.0
             return torch.from_numpy(arr).permute(2, 0, 1)
+
         return transform
 
     def _embed_level(self, v: torch.Tensor) -> torch.Tensor:  # (...,) -> (..., D)

@@ -11,8 +11,30 @@ from ace_lora.config import HgnnConfig, LoraConfig, LossConfig, ModelConfig
 from ace_lora.models.tokenizer import SPECIAL_TOKENS
 
 SPECIALS = list(SPECIAL_TOKENS)
-WORDS = ["no", "left", "right", "pleural", "effusion", "pneumothorax", "edema", "cardiomegaly", "atelectasis",
-         "consolidation", "mild", "small", "large", "is", "seen", "there", "lung", "heart", "size", "normal", ".", ","]
+WORDS = [
+    "no",
+    "left",
+    "right",
+    "pleural",
+    "effusion",
+    "pneumothorax",
+    "edema",
+    "cardiomegaly",
+    "atelectasis",
+    "consolidation",
+    "mild",
+    "small",
+    "large",
+    "is",
+    "seen",
+    "there",
+    "lung",
+    "heart",
+    "size",
+    "normal",
+    ".",
+    ",",
+]
 
 
 def write_vocab(folder: Path) -> Path:
@@ -22,8 +44,9 @@ def write_vocab(folder: Path) -> Path:
     return folder
 
 
-def tiny_cfg(tokenizer: Path | None = None, lora: dict | None = None, hgnn: dict | None = None,
-             **fields) -> ModelConfig:
+def tiny_cfg(
+    tokenizer: Path | None = None, lora: dict | None = None, hgnn: dict | None = None, **fields
+) -> ModelConfig:
     cfg = ModelConfig(preset="tiny", tokenizer=None if tokenizer is None else str(tokenizer), **fields)
     if lora:
         cfg = dataclasses.replace(cfg, lora=dataclasses.replace(LoraConfig(), **lora))
@@ -48,8 +71,12 @@ def example_batch(model, batch: int = 4, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     size = model.preset.image_size
     images = torch.randn(batch, 3, size, size, generator=g)
-    texts = ["left pleural effusion .", "no pneumothorax", "mild edema , normal heart size . " * 8,
-             "there is small right effusion"]
+    texts = [
+        "left pleural effusion .",
+        "no pneumothorax",
+        "mild edema , normal heart size . " * 8,
+        "there is small right effusion",
+    ]
     ids, mask = model.tokenize([texts[i % len(texts)] for i in range(batch)])
     return images, ids, mask
 

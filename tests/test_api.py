@@ -32,8 +32,10 @@ def test_public_names_are_the_functions_of_their_modules():
 
 
 def test_import_ace_lora_loads_no_heavy_library():
-    code = ("import sys, ace_lora; heavy = sorted({'torch', 'pandas', 'matplotlib'} & set(sys.modules)); "
-            "print(','.join(heavy))")
+    code = (
+        "import sys, ace_lora; heavy = sorted({'torch', 'pandas', 'matplotlib'} & set(sys.modules)); "
+        "print(','.join(heavy))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "", f"`import ace_lora` imported {proc.stdout.strip()}"
 

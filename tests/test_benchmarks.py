@@ -12,8 +12,13 @@ from ace_lora.data.dataset import ImageDataset, PairDataset
 from data_support import RAW, cfg
 
 EXPECTED = {  # name: (dataset, task, classes, domain, split)
-    "chexpert5x200": ("chexpert", "multiclass",
-                      ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"], "chest", "test"),
+    "chexpert5x200": (
+        "chexpert",
+        "multiclass",
+        ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"],
+        "chest",
+        "test",
+    ),
     "rsna": ("rsna", "binary", ["Normal", "Pneumonia"], "chest", "test"),
     "siim": ("siim", "binary", ["Normal", "Pneumothorax"], "chest", "test"),
     "mhist": ("mhist", "binary", ["HP", "SSA"], "histopathology", "test"),
@@ -74,7 +79,8 @@ def test_bench_errors(processed, tmp_path):
         load_benchmark("chexpert5x200", processed, split="train")
     (tmp_path / "mhist").mkdir()
     pd.read_csv(processed / "mhist" / "manifest.csv").drop(columns=["label"]).to_csv(
-        tmp_path / "mhist" / "manifest.csv", index=False)
+        tmp_path / "mhist" / "manifest.csv", index=False
+    )
     with pytest.raises(BenchmarkError, match=r"missing column\(s\) \['label'\] needed by benchmark mhist"):
         load_benchmark("mhist", tmp_path)
 

@@ -19,11 +19,14 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)
+CHROMIUM = next(
+    (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+)
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install -y chromium); "
-                             "CI installs it, so this skip only happens on a machine without it")
+    CHROMIUM is None,
+    reason="headless Chromium is not installed (Debian: apt-get install -y chromium); "
+    "CI installs it, so this skip only happens on a machine without it",
+)
 
 
 class Browser:
@@ -38,18 +41,36 @@ class Browser:
             os.dup2(from_browser, 4)
 
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
-             "--disable-features=site-per-process,IsolateOrigins", f"--user-data-dir={profile}",
-             f"--window-size={width},{height}"],
-            preexec_fn=wire, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-pipe",
+                "--no-first-run",
+                "--disable-features=site-per-process,IsolateOrigins",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+            ],
+            preexec_fn=wire,
+            close_fds=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_browser)
         os.close(from_browser)
         self._buffer, self._next_id, self.events = b"", 0, []
         target = self.send("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         self.send("Page.enable", session=True)
-        self.send("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
-                  deviceScaleFactor=1, mobile=False)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            session=True,
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
     def _read(self, timeout: float) -> dict:
         end = time.monotonic() + timeout
@@ -128,9 +149,14 @@ def _settle(browser: Browser, condition: str, timeout: float = 20):
 @pytest.fixture(scope="module")
 def report_page(snakemake_demo, tmp_path_factory):
     html = snakemake_demo / "report.html"
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--report", str(html)], cwd=snakemake_demo,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}, capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--report", str(html)],
+        cwd=snakemake_demo,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     shots = Path(os.environ.get("ACE_LORA_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
@@ -157,8 +183,10 @@ def _results(browser: Browser, category: str) -> list[str]:
 
 def _show(browser: Browser, path: str, kind: str) -> None:
     """What clicking a result's eye button does: show it in the content pane."""
-    browser.js(f"app.setView({{content: {json.dumps(kind)}, contentPath: results[{json.dumps(path)}].data_uri, "
-               f"resultPath: {json.dumps(path)}}})")
+    browser.js(
+        f"app.setView({{content: {json.dumps(kind)}, contentPath: results[{json.dumps(path)}].data_uri, "
+        f"resultPath: {json.dumps(path)}}})"
+    )
 
 
 def test_landing_page_describes_the_workflow(report_page):
@@ -167,8 +195,14 @@ def test_landing_page_describes_the_workflow(report_page):
     text = _settle(browser, "document.body.innerText.includes('How to read the results') && document.body.innerText")
     assert "Benchmark tables" in text and "Grounding overlays" in text
     categories = browser.js("Object.keys(categories).sort()")
-    assert categories == ["1. Benchmark tables", "2. Benchmark charts", "3. ROC curves", "4. Confusion matrices",
-                          "5. Training", "6. Grounding overlays"]
+    assert categories == [
+        "1. Benchmark tables",
+        "2. Benchmark charts",
+        "3. ROC curves",
+        "4. Confusion matrices",
+        "5. Training",
+        "6. Grounding overlays",
+    ]
     browser.screenshot(shots / "0_landing.png")
 
 
@@ -191,9 +225,16 @@ def test_benchmark_table_is_rendered(report_page):
     browser.screenshot(shots / "1_table.png")
 
 
-@pytest.mark.parametrize("category, least", [("2. Benchmark charts", 6), ("3. ROC curves", 6),
-                                             ("4. Confusion matrices", 4), ("5. Training", 1),
-                                             ("6. Grounding overlays", 8)])
+@pytest.mark.parametrize(
+    "category, least",
+    [
+        ("2. Benchmark charts", 6),
+        ("3. ROC curves", 6),
+        ("4. Confusion matrices", 4),
+        ("5. Training", 1),
+        ("6. Grounding overlays", 8),
+    ],
+)
 def test_figures_load_in_the_page(report_page, category, least):
     browser, shots = report_page
     paths = _results(browser, category)

@@ -81,14 +81,25 @@ def official_checkpoint(preset_layers: tuple[int, int], width: int, dim: int, se
     n_text, n_image = preset_layers
     weights = {}
     for i in range(n_text + n_image):
-        weights[f"layer_{i}"] = {f"{t}_proj": {"w_lora_A": torch.randn(r, width, generator=g),
-                                               "w_lora_B": torch.randn(width, r, generator=g)} for t in "qkv"}
+        weights[f"layer_{i}"] = {
+            f"{t}_proj": {
+                "w_lora_A": torch.randn(r, width, generator=g),
+                "w_lora_B": torch.randn(width, r, generator=g),
+            }
+            for t in "qkv"
+        }
     for name in ("img_edge_adapter", "img_node_adapter", "text_edge_adapter", "text_node_adapter"):
-        weights[name] = {"down.weight": torch.randn(128, dim, generator=g), "down.bias": torch.randn(128, generator=g),
-                         "up.weight": torch.randn(dim, 128, generator=g), "up.bias": torch.randn(dim, generator=g)}
+        weights[name] = {
+            "down.weight": torch.randn(128, dim, generator=g),
+            "down.bias": torch.randn(128, generator=g),
+            "up.weight": torch.randn(dim, 128, generator=g),
+            "up.bias": torch.randn(dim, generator=g),
+        }
     weights["logit_scale"] = torch.tensor(61.5)
-    return {"weights": weights, "metadata": {"r": r, "topk": 5, "params": ["q", "k", "v"], "position": "all",
-                                             "encoder": "both"}}
+    return {
+        "weights": weights,
+        "metadata": {"r": r, "topk": 5, "params": ["q", "k", "v"], "position": "all", "encoder": "both"},
+    }
 
 
 def _check_imported(model, official) -> None:

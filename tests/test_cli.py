@@ -29,12 +29,15 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["prepare", "chexpert"], "python -m ace_lora fetch chexpert"),
-    (["evaluate", "base", "chexpert"], "adapter.json"),
-    (["train", "nosuch"], "methods.nosuch"),
-    (["--params", "missing.yaml", "prompts"], "missing.yaml"),
-])
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["prepare", "chexpert"], "python -m ace_lora fetch chexpert"),
+        (["evaluate", "base", "chexpert"], "adapter.json"),
+        (["train", "nosuch"], "methods.nosuch"),
+        (["--params", "missing.yaml", "prompts"], "missing.yaml"),
+    ],
+)
 def test_user_errors_are_one_line_and_exit_2(project, capsys, argv, expected):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -119,18 +122,21 @@ def test_bad_params_are_one_line_naming_the_key_and_keep_outputs(prompts_done, c
     assert not list(project.rglob("pwned"))
 
 
-@pytest.mark.parametrize(("error", "expected"), [
-    (EOFError("Compressed file ended before the end-of-stream marker was reached"), "truncated or corrupt"),
-    (gzip.BadGzipFile("Not a gzipped file (b'ab')"), "Not a gzipped file"),
-    (zipfile.BadZipFile("File is not a zip file"), "truncated or corrupt"),
-    (pickle.UnpicklingError("invalid load key, 'x'."), "truncated or corrupt"),
-    (OSError(errno.ENOSPC, "No space left on device", "results/x.tmp"), "results/x.tmp: no space left"),
-    (pd.errors.ParserError("Error tokenizing data.\nC error: Expected 3 fields in line 4, saw 5"), "line 4"),
-    (pd.errors.EmptyDataError("No columns to parse from file"), "No columns"),
-    (pd.errors.MergeError("Merge keys are not unique in left dataset"), "not unique"),
-    (subprocess.CalledProcessError(1, ["torchrun"]), "exit code 1"),
-    (KeyError("methods.x: no such method"), "methods.x: no such method"),
-])
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (EOFError("Compressed file ended before the end-of-stream marker was reached"), "truncated or corrupt"),
+        (gzip.BadGzipFile("Not a gzipped file (b'ab')"), "Not a gzipped file"),
+        (zipfile.BadZipFile("File is not a zip file"), "truncated or corrupt"),
+        (pickle.UnpicklingError("invalid load key, 'x'."), "truncated or corrupt"),
+        (OSError(errno.ENOSPC, "No space left on device", "results/x.tmp"), "results/x.tmp: no space left"),
+        (pd.errors.ParserError("Error tokenizing data.\nC error: Expected 3 fields in line 4, saw 5"), "line 4"),
+        (pd.errors.EmptyDataError("No columns to parse from file"), "No columns"),
+        (pd.errors.MergeError("Merge keys are not unique in left dataset"), "not unique"),
+        (subprocess.CalledProcessError(1, ["torchrun"]), "exit code 1"),
+        (KeyError("methods.x: no such method"), "methods.x: no such method"),
+    ],
+)
 def test_error_classes_of_bad_input_are_one_line(project, capsys, monkeypatch, error, expected):
     def fail(args, params):
         raise error

@@ -54,8 +54,12 @@ def test_rules_declare_the_gpus_they_use(tmp_path):
     project = project_copy(tmp_path / "p")
     no_gpu = _dry_run_resources(project, {**ENV, "CUDA_VISIBLE_DEVICES": ""})
     assert _gpu(no_gpu["train"]) == _gpu(no_gpu["evaluate"]) == {0}
-    assert all(re.search(r"mem_mb=(\d+)", line) and int(re.search(r"mem_mb=(\d+)", line).group(1)) <= 2000
-               for lines in no_gpu.values() for line in lines if "mem_mb" in line)
+    assert all(
+        re.search(r"mem_mb=(\d+)", line) and int(re.search(r"mem_mb=(\d+)", line).group(1)) <= 2000
+        for lines in no_gpu.values()
+        for line in lines
+        if "mem_mb" in line
+    )
     two = _dry_run_resources(project, {**ENV, "CUDA_VISIBLE_DEVICES": "0,1"})
     assert _gpu(two["train"]) == {2} and _gpu(two["evaluate"]) == {1} and _gpu(two["prepare"]) == {0}
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -130,8 +134,10 @@ def _snakemake(cmd: list[str], cwd: Path, timeout: int) -> float:
 def test_slurm_profile_runs_the_small_demo_like_a_local_run(tmp_path):
     partition = _default_partition()
     if partition is None:
-        pytest.skip("no SLURM with an available default partition (sinfo): start one with "
-                    "`bash workflow/scripts/slurm_local.sh install && bash workflow/scripts/slurm_local.sh start`")
+        pytest.skip(
+            "no SLURM with an available default partition (sinfo): start one with "
+            "`bash workflow/scripts/slurm_local.sh install && bash workflow/scripts/slurm_local.sh start`"
+        )
     local = project_copy(tmp_path / "local", SMALL)
     cluster = project_copy(tmp_path / "cluster", SMALL)
     profile = _cluster_profile(tmp_path / "profile" / "slurm", partition)

@@ -70,8 +70,13 @@ def test_load_params_reports_the_file(tmp_path):
 
 
 def test_methods_override_model_and_loss_only_where_they_say():
-    params = C.build(C.Params, {"model": {"lora": {"rank": 8}},
-                                "methods": {"plain": {"loss": {"label_guided": False}, "hgnn": {"towers": "image"}}}})
+    params = C.build(
+        C.Params,
+        {
+            "model": {"lora": {"rank": 8}},
+            "methods": {"plain": {"loss": {"label_guided": False}, "hgnn": {"towers": "image"}}},
+        },
+    )
     method, model, loss = C.resolve_method(params, "plain")
     assert method.train is True
     assert model.lora.rank == 8  # inherited

@@ -99,8 +99,9 @@ def _smk_stage_code() -> dict[str, list[str]]:
     for node in ast.parse((ROOT / "workflow/rules/common.smk").read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
-                namespace[node.targets[0].id] = eval(compile(ast.Expression(node.value), "common.smk", "eval"),
-                                                     namespace)
+                namespace[node.targets[0].id] = eval(
+                    compile(ast.Expression(node.value), "common.smk", "eval"), namespace
+                )
             except Exception:  # needs the Snakemake config or a function: not a code list
                 continue
     assert "STAGE_CODE" in namespace, "workflow/rules/common.smk defines no STAGE_CODE"
@@ -109,16 +110,14 @@ def _smk_stage_code() -> dict[str, list[str]]:
 
 def _dvc_stage_code() -> dict[str, list[str]]:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    return {name: [d for d in (body.get("do", body)["deps"]) if d.startswith(PACKAGE)]
-            for name, body in stages.items()}
+    return {name: [d for d in (body.get("do", body)["deps"]) if d.startswith(PACKAGE)] for name, body in stages.items()}
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_deps_cover_the_import_closure(stage):
     closure = stage_closure(stage)
     assert Path("ace_lora/cli.py") in closure and Path("ace_lora/config.py") in closure
-    for dag, declared in (("workflow/rules/common.smk STAGE_CODE", _smk_stage_code()),
-                          ("dvc.yaml", _dvc_stage_code())):
+    for dag, declared in (("workflow/rules/common.smk STAGE_CODE", _smk_stage_code()), ("dvc.yaml", _dvc_stage_code())):
         missing = sorted(str(m) for m in closure if not _covered(m, declared[stage]))
         assert not missing, f"{dag}: stage {stage} runs {', '.join(missing)} but does not declare it as a dep"
 

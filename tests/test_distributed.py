@@ -24,8 +24,16 @@ TESTS = Path(__file__).resolve().parent
 def run_torchrun(script: str, *args: str, nproc: int = 2, timeout: int = 240) -> None:
     """Run ``tests/<script>`` under ``torchrun --standalone`` with ``nproc`` CPU processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone",
-           str(TESTS / script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--standalone",
+        str(TESTS / script),
+        *args,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
@@ -90,10 +98,12 @@ def test_two_processes_match_one_process_on_same_global_batch(tmp_path, monkeypa
     two = real_params(base, lora={"dropout": 0.0}, batch_size=4, epochs=1, max_steps=3, lr=0.5)
     train_fakes.use_sgd(monkeypatch.setattr)
     T.train(one, "ace", tmp_path / "one")
-    run_torchrun("_torchrun_train.py", str(_write_params(tmp_path / "two.json", two)), "ace", str(tmp_path / "two"),
-                 "--sgd")
-    a, b = (torch.load(next((tmp_path / d / "checkpoints").glob("*/last.pt")), weights_only=True)
-            for d in ("one", "two"))
+    run_torchrun(
+        "_torchrun_train.py", str(_write_params(tmp_path / "two.json", two)), "ace", str(tmp_path / "two"), "--sgd"
+    )
+    a, b = (
+        torch.load(next((tmp_path / d / "checkpoints").glob("*/last.pt")), weights_only=True) for d in ("one", "two")
+    )
     assert a["state"]["step"] == b["state"]["step"] == 3 and b["world_size"] == 2
     from ace_lora.config import resolve_method
     from ace_lora.models import build_model
@@ -113,12 +123,15 @@ def test_two_processes_match_one_process_on_same_global_batch(tmp_path, monkeypa
     assert m2["val_best"] == pytest.approx(m1["val_best"], abs=1e-4)
 
 
-@pytest.mark.parametrize("flags, native", [("fpu avx2 fma", False), ("fpu avx512f avx512_bf16 amx_tile", True),
-                                            ("fpu avx512f amx_bf16", True)])
+@pytest.mark.parametrize(
+    "flags, native",
+    [("fpu avx2 fma", False), ("fpu avx512f avx512_bf16 amx_tile", True), ("fpu avx512f amx_bf16", True)],
+)
 def test_bf16_on_cpu_without_native_bf16_warns_once(tmp_path, monkeypatch, caplog, flags, native):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
-                       f"flags\t\t: {flags}\n")
+    cpuinfo.write_text(
+        f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    )
     monkeypatch.setattr(D, "CPUINFO", cpuinfo)
     monkeypatch.setattr(D, "_warned", set())
     assert D.cpu_bf16_flags() == ({f for f in flags.split() if f in D.BF16_CPU_FLAGS})

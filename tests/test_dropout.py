@@ -20,7 +20,7 @@ def test_keep_rate_is_one_minus_p(p):
     sigma = math.sqrt(n * p * (1 - p))
     assert abs(int(keep.sum()) - n * (1 - p)) < 5 * sigma
     # no structure along the tensor: each half has the rate too, and neighbours are uncorrelated
-    for half in (keep[: n // 2], keep[n // 2:]):
+    for half in (keep[: n // 2], keep[n // 2 :]):
         assert abs(half.float().mean().item() - (1 - p)) < 5 * sigma / (n / 2)
     k = keep.float()
     cov = ((k[1:] - k.mean()) * (k[:-1] - k.mean())).mean() / k.var()
@@ -32,12 +32,12 @@ def test_masks_follow_torch_seed_and_dtype():
     a, b = keep_mask((64, 33), 0.3), keep_mask((64, 33), 0.3)
     torch.manual_seed(3)
     a2 = keep_mask((64, 33), 0.3, dtype=torch.float32)
-    assert not torch.equal(a, b)                             # successive masks differ
+    assert not torch.equal(a, b)  # successive masks differ
     assert a2.dtype == torch.float32 and torch.equal(a2, a.float())  # the seed reproduces them, in any dtype
     state = torch.get_rng_state()
     c = keep_mask((10, 10), 0.5)
     torch.set_rng_state(state)
-    assert torch.equal(c, keep_mask((10, 10), 0.5))          # a restored RNG state too (training resume)
+    assert torch.equal(c, keep_mask((10, 10), 0.5))  # a restored RNG state too (training resume)
     assert keep_mask((5,), 0.0).all() and not keep_mask((5,), 1.0).any()
 
 
@@ -65,8 +65,11 @@ def test_dropout_values_and_gradient():
 def test_dropout_matmul_equals_dropout_then_matmul(batched):
     torch.manual_seed(1)
     x = torch.randn(3, 4, 5, 16, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(3, 4, 16, 6, dtype=torch.float64, requires_grad=True) if batched else \
-        torch.randn(16, 6, dtype=torch.float64, requires_grad=True)
+    w = (
+        torch.randn(3, 4, 16, 6, dtype=torch.float64, requires_grad=True)
+        if batched
+        else torch.randn(16, 6, dtype=torch.float64, requires_grad=True)
+    )
     torch.manual_seed(7)
     out = dropout_matmul(x, w, 0.4)
     m = _same_mask_reference(x, 0.4, 7)
@@ -102,13 +105,14 @@ def test_bert_attention_dropout_path_matches_sdpa_without_drops():
     keys = torch.ones(2, 1, 9, 9, dtype=torch.bool)
     keys[1, ..., 6:] = False  # padding of the second sequence
     module = torch.nn.Module()
-    fused, _ = _bert_attention(module, q, k, v, keys, scaling=8 ** -0.5, dropout=0.0)
+    fused, _ = _bert_attention(module, q, k, v, keys, scaling=8**-0.5, dropout=0.0)
     tiny_p = 1e-12  # rounds to a 0 threshold: every element kept, scale 1/(1-1e-12)
-    math_path, _ = _bert_attention(module, q, k, v, keys, scaling=8 ** -0.5, dropout=tiny_p)
+    math_path, _ = _bert_attention(module, q, k, v, keys, scaling=8**-0.5, dropout=tiny_p)
     torch.testing.assert_close(math_path, fused, atol=1e-6, rtol=1e-5)
     additive = torch.zeros(keys.shape).masked_fill(~keys, torch.finfo(torch.float32).min)
-    torch.testing.assert_close(_bert_attention(module, q, k, v, additive, scaling=8 ** -0.5, dropout=tiny_p)[0],
-                               fused, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        _bert_attention(module, q, k, v, additive, scaling=8**-0.5, dropout=tiny_p)[0], fused, atol=1e-6, rtol=1e-5
+    )
     assert fused.shape == (2, 9, 3, 8)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=keys).transpose(1, 2)
     torch.testing.assert_close(fused, ref)

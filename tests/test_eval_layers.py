@@ -47,7 +47,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str]:
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+                return path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt]
             if nxt not in state and (found := visit(nxt, path + [nxt])):
                 return found
         state[node] = "done"
@@ -76,15 +76,23 @@ def test_eval_modules_import_each_other_at_module_level_only():
     for module in MODULES:
         tree = _tree(module)
         top = {id(n) for n in tree.body}
-        local = [f"{MODULES[module].name}:{node.lineno} imports {name}" for name, node in _imports(tree)
-                 if name.startswith("ace_lora.eval") and id(node) not in top]
+        local = [
+            f"{MODULES[module].name}:{node.lineno} imports {name}"
+            for name, node in _imports(tree)
+            if name.startswith("ace_lora.eval") and id(node) not in top
+        ]
         assert not local, f"function-local imports between evaluation modules: {local}"
 
 
 def test_evaluation_draws_no_figures():
     for module in MODULES:
-        drawn = sorted({name for name, _ in _imports(_tree(module))
-                        if name.split(".")[0] == "matplotlib" or name.startswith("ace_lora.plots")})
+        drawn = sorted(
+            {
+                name
+                for name, _ in _imports(_tree(module))
+                if name.split(".")[0] == "matplotlib" or name.startswith("ace_lora.plots")
+            }
+        )
         assert not drawn, f"{MODULES[module].name} imports {drawn}: evaluation returns data, the stage draws"
 
 
@@ -101,8 +109,9 @@ def _model_attributes() -> set[str]:
 def _protocol_members() -> set[str]:
     tree = _tree("ace_lora.eval.common")
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "EvalModel")
-    return ({n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
-            | {n.name for n in cls.body if isinstance(n, ast.FunctionDef)})
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)} | {
+        n.name for n in cls.body if isinstance(n, ast.FunctionDef)
+    }
 
 
 def test_the_model_protocol_names_exactly_what_evaluation_calls():
@@ -122,7 +131,10 @@ def test_the_real_model_and_the_fake_satisfy_the_protocol(tmp_path):
 
 
 def test_no_function_over_80_lines():
-    long = [f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
-            for path in MODULES.values() for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80]
+    long = [
+        f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in MODULES.values()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80
+    ]
     assert not long, f"functions over 80 lines in ace_lora/eval: {long}"

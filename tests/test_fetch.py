@@ -90,8 +90,7 @@ class _Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def close(self):
@@ -158,8 +157,10 @@ def test_download_http_errors_and_basic_auth(server, tmp_path):
     server.auth = ("alice", "pw")
     with pytest.raises(DownloadError, match="401"):
         download(server.url + "/s.bin", tmp_path / "s.bin", progress=False)
-    assert download(server.url + "/s.bin", tmp_path / "s.bin", auth=("alice", "pw"),
-                    progress=False).read_bytes() == b"secret"
+    assert (
+        download(server.url + "/s.bin", tmp_path / "s.bin", auth=("alice", "pw"), progress=False).read_bytes()
+        == b"secret"
+    )
     assert list(tmp_path.iterdir()) == [tmp_path / "s.bin"]
 
 
@@ -179,8 +180,9 @@ def test_demo_fetch_generates_atomically_and_skips_when_current(tmp_path):
     stamp = marker.stat().st_mtime_ns
     again = fetch_dataset("siim", tmp_path, cfg)
     assert again == record and marker.stat().st_mtime_ns == stamp  # skipped: nothing rewritten
-    changed = fetch_dataset("siim", tmp_path, DataConfig(demo=DemoConfig(seed=2, n_train=12, n_per_class=4,
-                                                                          image_size=16)))
+    changed = fetch_dataset(
+        "siim", tmp_path, DataConfig(demo=DemoConfig(seed=2, n_train=12, n_per_class=4, image_size=16))
+    )
     per_class = demo.images_per_class("siim", DemoConfig(n_per_class=4))
     assert marker.stat().st_mtime_ns != stamp and changed["counts"]["images"] == 2 * per_class
 
@@ -230,8 +232,12 @@ def test_real_mode_missing_data_says_what_and_where(tmp_path, monkeypatch, name)
         fetch_dataset(name, tmp_path / "raw", DataConfig(source="real"))
     msg = str(err.value)
     assert DATASETS[name].source.where.split()[0] in msg and str(tmp_path / "raw" / name) in msg
-    extra = {"rsna": "KAGGLE_USERNAME", "siim": "KAGGLE_USERNAME", "mimic": "PHYSIONET_USERNAME",
-             "lc25000": "data.urls.lc25000"}.get(name, "cannot be downloaded automatically")
+    extra = {
+        "rsna": "KAGGLE_USERNAME",
+        "siim": "KAGGLE_USERNAME",
+        "mimic": "PHYSIONET_USERNAME",
+        "lc25000": "data.urls.lc25000",
+    }.get(name, "cannot be downloaded automatically")
     assert extra in msg
     assert not (tmp_path / "raw" / name).exists()
 
@@ -251,12 +257,15 @@ def test_real_lc25000_downloads_verifies_and_unpacks(server, tmp_path):
     server.files["/LC25000.zip"] = archive
     server.cut["/LC25000.zip"] = len(archive) // 3
     raw = tmp_path / "raw"
-    cfg = DataConfig(source="real", urls={"lc25000": server.url + "/LC25000.zip"},
-                     sha256={"lc25000": hashlib.sha256(archive).hexdigest()})
+    cfg = DataConfig(
+        source="real",
+        urls={"lc25000": server.url + "/LC25000.zip"},
+        sha256={"lc25000": hashlib.sha256(archive).hexdigest()},
+    )
     record = fetch_dataset("lc25000", raw, cfg)
-    assert record["source"] == "real" and record["counts"]["per_folder"] == {c: 3 for c in
-                                                                      ["colon_aca", "colon_n", "lung_aca", "lung_n",
-                                                                       "lung_scc"]}
+    assert record["source"] == "real" and record["counts"]["per_folder"] == {
+        c: 3 for c in ["colon_aca", "colon_n", "lung_aca", "lung_n", "lung_scc"]
+    }
     assert (raw / "lc25000" / "lung_colon_image_set" / "lung_image_sets" / "lung_n" / "lungn1.jpeg").is_file()
     assert not list((raw / ".downloads").iterdir())
     n_requests = len(server.requests)
@@ -279,8 +288,10 @@ def test_real_mimic_from_a_physionet_style_server(server, tmp_path, monkeypatch)
     assert record["source"] == "real" and record["counts"]["reports"] == len(list(src.rglob("*.txt")))
     frontal = len(list(src.rglob("*.jpg"))) - demo.write_fixture("mimic", tmp_path / "again", TINY)["lateral_images"]
     assert record["counts"]["images"] == frontal  # only the frontal views are downloaded
-    assert record["sha256"]["mimic-cxr-2.0.0-chexpert.csv.gz"] == \
-        hashlib.sha256((src / "mimic-cxr-2.0.0-chexpert.csv.gz").read_bytes()).hexdigest()
+    assert (
+        record["sha256"]["mimic-cxr-2.0.0-chexpert.csv.gz"]
+        == hashlib.sha256((src / "mimic-cxr-2.0.0-chexpert.csv.gz").read_bytes()).hexdigest()
+    )
 
 
 def test_verify_layout_unknown_dataset(tmp_path):
@@ -366,8 +377,11 @@ def test_mimic_table_with_a_traversal_dicom_id_is_refused_before_any_image_reque
     cfg = _serve_mimic(server, tmp_path, monkeypatch, hostile)
     server.files["/evil.jpg"] = b"server-chosen bytes"
     before = sorted(p for p in tmp_path.rglob("*") if "src" not in p.parts)
-    with pytest.raises(FetchError, match=r"metadata\.csv\.gz, row 1: dicom_id '\.\./\.\./\.\./\.\./\.\./\.\./evil' "
-                       r"is not a plain file name.*Refusing"):
+    with pytest.raises(
+        FetchError,
+        match=r"metadata\.csv\.gz, row 1: dicom_id '\.\./\.\./\.\./\.\./\.\./\.\./evil' "
+        r"is not a plain file name.*Refusing",
+    ):
         fetch_dataset("mimic", tmp_path / "raw", cfg)
     assert not any("evil" in path for path, _ in server.requests)
     assert not any(p.suffix == ".jpg" for path, _ in server.requests for p in [Path(path)])  # no image requested
@@ -396,8 +410,11 @@ def test_zip_entries_that_are_links_are_refused(server, tmp_path):
         zf.writestr(link, "/etc/passwd")
     server.files["/LC25000.zip"] = buf.getvalue()
     cfg = DataConfig(source="real", urls={"lc25000": server.url + "/LC25000.zip"})
-    with pytest.raises(FetchError, match=r"refusing entry 'lung_colon_image_set/lung_image_sets/lung_n/evil\.jpeg': "
-                       "it is a symbolic link"):
+    with pytest.raises(
+        FetchError,
+        match=r"refusing entry 'lung_colon_image_set/lung_image_sets/lung_n/evil\.jpeg': "
+        "it is a symbolic link",
+    ):
         fetch_dataset("lc25000", tmp_path / "raw", cfg)
     assert not (tmp_path / "raw" / "lc25000").exists()
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [".downloads"]
@@ -417,12 +434,15 @@ def test_zip_entries_outside_the_folder_are_refused(server, tmp_path):
 SECRETS = ("hunter2", "AKIAEXAMPLE", "deadbeefsig", "tok123", "k3y")
 
 
-@pytest.mark.parametrize("url", [
-    "http://alice:hunter2@HOST/missing.zip",
-    "http://HOST/missing.zip?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIAEXAMPLE%2F2026&X-Amz-Signature=deadbeefsig",
-    "http://HOST/missing.zip?Expires=1&Signature=deadbeefsig&Key-Pair-Id=k3y",
-    "http://HOST/missing.zip?sv=2020&sig=deadbeefsig&token=tok123",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://alice:hunter2@HOST/missing.zip",
+        "http://HOST/missing.zip?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIAEXAMPLE%2F2026&X-Amz-Signature=deadbeefsig",
+        "http://HOST/missing.zip?Expires=1&Signature=deadbeefsig&Key-Pair-Id=k3y",
+        "http://HOST/missing.zip?sv=2020&sig=deadbeefsig&token=tok123",
+    ],
+)
 def test_urls_in_errors_and_logs_are_redacted(server, tmp_path, caplog, url):
     url = url.replace("HOST", server.url.removeprefix("http://"))
     cfg = DataConfig(source="real", urls={"lc25000": url})
@@ -438,9 +458,12 @@ def test_urls_in_errors_and_logs_are_redacted(server, tmp_path, caplog, url):
 
 
 def test_redact_url_keeps_what_helps_and_hides_secrets():
-    assert redact_url("https://u:pw@h.org/a/b.zip?X-Amz-Date=20260101&X-Amz-Signature=abc") == \
-        "https://***@h.org/a/b.zip?X-Amz-Date=20260101&X-Amz-Signature=***"
-    assert redact_url("fetching /f.zip?access_token=xyz&part=2 failed") == \
-        "fetching /f.zip?access_token=***&part=2 failed"
+    assert (
+        redact_url("https://u:pw@h.org/a/b.zip?X-Amz-Date=20260101&X-Amz-Signature=abc")
+        == "https://***@h.org/a/b.zip?X-Amz-Date=20260101&X-Amz-Signature=***"
+    )
+    assert (
+        redact_url("fetching /f.zip?access_token=xyz&part=2 failed") == "fetching /f.zip?access_token=***&part=2 failed"
+    )
     plain = "https://physionet.org/files/mimic-cxr-jpg/2.1.0/"
     assert redact_url(plain) == plain

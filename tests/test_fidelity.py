@@ -33,17 +33,21 @@ def dropping_tiny(monkeypatch):
 # ------------------------------------------------------------------------------------------ dropout sites
 
 BERT = "text.transformer"
-LORA_SITES = ([f"{BERT}.encoder.layer.{i}.attention.self.{n}.lora_dropout" for i in (0, 1)
-               for n in ("query", "key", "value")]
-              + [f"visual.trunk.blocks.{i}.attn.qkv.lora_dropout" for i in (0, 1)])
+LORA_SITES = [
+    f"{BERT}.encoder.layer.{i}.attention.self.{n}.lora_dropout" for i in (0, 1) for n in ("query", "key", "value")
+] + [f"visual.trunk.blocks.{i}.attn.qkv.lora_dropout" for i in (0, 1)]
 # the reference's train mode: BERT embeddings, each BERT layer's MLP output, the LoRA inputs; nothing in the ViT
-REFERENCE_SITES = [f"{BERT}.embeddings.dropout", f"{BERT}.encoder.layer.0.output.dropout",
-                   f"{BERT}.encoder.layer.1.output.dropout"]
+REFERENCE_SITES = [
+    f"{BERT}.embeddings.dropout",
+    f"{BERT}.encoder.layer.0.output.dropout",
+    f"{BERT}.encoder.layer.1.output.dropout",
+]
 BERT_ONLY_SITES = [f"{BERT}.encoder.layer.{i}.attention.{s}.dropout" for i in (0, 1) for s in ("self", "output")]
 
 
-@pytest.mark.parametrize("variant, expected", [("reference", REFERENCE_SITES),
-                                               ("bert", REFERENCE_SITES + BERT_ONLY_SITES)])
+@pytest.mark.parametrize(
+    "variant, expected", [("reference", REFERENCE_SITES), ("bert", REFERENCE_SITES + BERT_ONLY_SITES)]
+)
 def test_active_dropout_sites_per_variant(vocab, dropping_tiny, variant, expected):
     model = build_tiny(vocab, dropout_sites=variant)
     assert sorted(active_dropout_sites(model)) == sorted(expected + LORA_SITES)
@@ -118,7 +122,7 @@ class _NodesModel(torch.nn.Module):
         return ids, (ids > 0).long()
 
     def text_nodes(self, ids, mask):
-        first = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])   # prompt 0
+        first = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])  # prompt 0
         second = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [0.6, 0.8]]])  # prompt 1
         prior = torch.tensor([[0.2, 0.4], [0.6, 0.0]])
         return torch.cat([first, second]), prior, mask.bool()
@@ -136,14 +140,16 @@ def test_token_average_does_not_renormalise_the_averaged_nodes():
     torch.testing.assert_close(model.seen["prior"], torch.tensor([[0.4, 0.2]]))
     assert model.seen["node_mask"].tolist() == [[True, True, False]]
     # the class row itself is normalised: (0.5+0.8, 0.5+0.4) / |.|
-    torch.testing.assert_close(out[0], torch.tensor([1.3, 0.9]) / (1.3 ** 2 + 0.9 ** 2) ** 0.5)
+    torch.testing.assert_close(out[0], torch.tensor([1.3, 0.9]) / (1.3**2 + 0.9**2) ** 0.5)
 
 
 # ------------------------------------------------------------------------------------------------ images
 
 
-@pytest.mark.parametrize("size_in, size_out", [((300, 451), (224, 336)), ((451, 300), (336, 224)),
-                                               ((224, 500), (224, 500)), ((1000, 999), (224, 224))])
+@pytest.mark.parametrize(
+    "size_in, size_out",
+    [((300, 451), (224, 336)), ((451, 300), (336, 224)), ((224, 500), (224, 500)), ((1000, 999), (224, 224))],
+)
 def test_cache_resize_truncates_the_long_side_like_torchvision(size_in, size_out):
     # 224 * 451 / 300 = 336.75: torchvision's Resize(224) gives 336 (int), rounding would give 337;
     # 224 * 1000 / 999 = 224.22 -> 224
@@ -167,8 +173,13 @@ def test_square_training_cache_then_train_transform_resamples_once_like_the_refe
     from ace_lora.models.biomedclip import build_image_transform
 
     preset = PRESETS["biomedclip"]
-    reference = T.Compose([T.Resize((224, 224), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
-                           T.Normalize(preset.mean, preset.std)])
+    reference = T.Compose(
+        [
+            T.Resize((224, 224), interpolation=T.InterpolationMode.BICUBIC),
+            T.ToTensor(),
+            T.Normalize(preset.mean, preset.std),
+        ]
+    )
     ours = build_image_transform(preset, train=True)
     original = Image.fromarray(np.random.default_rng(2).integers(0, 256, (451, 300), dtype=np.uint8)).convert("RGB")
     square = _resize_shortest(original, 224, Image.Resampling.BICUBIC, square=True)
@@ -191,12 +202,15 @@ def test_training_transform_does_not_resample_a_cache_at_the_input_size(vocab):
 # ------------------------------------------------------------------------------------------------- text
 
 
-@pytest.mark.parametrize("raw, cleaned", [
-    ("effusion &amp;lt; 2 cm", "effusion < 2 cm"),          # HTML entities unescaped twice
-    ("  left\t\tpleural \n effusion  ", "left pleural effusion"),  # whitespace runs collapsed, stripped
-    ("cafÃ© au lait", "café au lait"),                     # mojibake (UTF-8 read as Latin-1) fixed by ftfy
-    ("heart size &gt; normal", "heart size > normal"),
-])
+@pytest.mark.parametrize(
+    "raw, cleaned",
+    [
+        ("effusion &amp;lt; 2 cm", "effusion < 2 cm"),  # HTML entities unescaped twice
+        ("  left\t\tpleural \n effusion  ", "left pleural effusion"),  # whitespace runs collapsed, stripped
+        ("cafÃ© au lait", "café au lait"),  # mojibake (UTF-8 read as Latin-1) fixed by ftfy
+        ("heart size &gt; normal", "heart size > normal"),
+    ],
+)
 def test_clean_text_by_hand(raw, cleaned):
     assert clean_text(raw) == cleaned
 
@@ -206,8 +220,13 @@ def test_clean_text_agrees_with_open_clip():
 
     oracle = get_clean_fn("whitespace")
     assert HFTokenizer.__init__.__defaults__[1] == "whitespace"  # BiomedCLIP's tokenizer uses the default clean
-    for text in ["effusion &amp;lt; 2 cm", " a\u00a0b\u2003c ", "cafÃ© &amp;amp; co", "Findings:\r\n  none.",
-                 "no acute findings ."]:
+    for text in [
+        "effusion &amp;lt; 2 cm",
+        " a\u00a0b\u2003c ",
+        "cafÃ© &amp;amp; co",
+        "Findings:\r\n  none.",
+        "no acute findings .",
+    ]:
         assert clean_text(text) == oracle(text)
 
 
@@ -249,9 +268,16 @@ def test_method_doc_anchors_exist_and_no_spec_pointers_remain():
     root = Path(__file__).resolve().parent.parent
     headings = re.findall(r"^#{1,6} (.+)$", (root / "docs" / "method.md").read_text(), flags=re.MULTILINE)
     anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
-    files = [root / "README.md", root / "params.yaml", *root.glob("configs/*.yaml"), *root.glob("docs/*.md"),
-             *root.glob("ace_lora/**/*.py"), *root.glob("workflow/**/*"), *root.glob("benchmarks/*.py"),
-             *root.glob("tests/*.py")]
+    files = [
+        root / "README.md",
+        root / "params.yaml",
+        *root.glob("configs/*.yaml"),
+        *root.glob("docs/*.md"),
+        *root.glob("ace_lora/**/*.py"),
+        *root.glob("workflow/**/*"),
+        *root.glob("benchmarks/*.py"),
+        *root.glob("tests/*.py"),
+    ]
     used = set()
     for path in files:
         if not path.is_file():

@@ -30,8 +30,11 @@ def raw(tmp_path_factory):
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _read_gz(path: Path) -> pd.DataFrame:
@@ -46,7 +49,7 @@ def _decode_rle(rle: str, h: int, w: int) -> np.ndarray:
     pos = 0
     for start, length in zip(nums[0::2], nums[1::2]):
         pos += start
-        flat[pos:pos + length] = True
+        flat[pos : pos + length] = True
         pos += length
     return flat.reshape(w, h).T
 
@@ -71,8 +74,13 @@ def test_mimic_layout(raw):
     meta = _read_gz(d / "mimic-cxr-2.0.0-metadata.csv.gz")
     split = _read_gz(d / "mimic-cxr-2.0.0-split.csv.gz")
     chx = _read_gz(d / "mimic-cxr-2.0.0-chexpert.csv.gz")
-    assert list(meta.columns[:5]) == ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription",
-                                      "ViewPosition"]
+    assert list(meta.columns[:5]) == [
+        "dicom_id",
+        "subject_id",
+        "study_id",
+        "PerformedProcedureStepDescription",
+        "ViewPosition",
+    ]
     assert list(split.columns) == ["dicom_id", "study_id", "subject_id", "split"]
     assert list(chx.columns) == ["subject_id", "study_id", *sorted(registry.CHEXPERT_FINDINGS)]
     assert set(meta["ViewPosition"]) >= {"PA", "AP", "LATERAL"}
@@ -119,8 +127,10 @@ def test_nih14_layout(raw):
     root, summaries = raw
     d = root / "nih14"
     header = (d / "Data_Entry_2017_v2020.csv").read_text().splitlines()[0]
-    assert header == ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-                      "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+    assert header == (
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+    )
     df = pd.read_csv(d / "Data_Entry_2017_v2020.csv")
     assert len(df.columns) == 11
     labels = {lab for v in df["Finding Labels"] for lab in v.split("|")}
@@ -169,8 +179,12 @@ def test_dicom_variants_round_trip(tmp_path, variant):
     dicom.write_dicom(path, img, variant, patient_id="p1", sop_uid="1.2.3.4", study_uid="1.2.3", series_uid="1.2.3.5")
     ds = pydicom.dcmread(path)
     photometric, bits, stored, signed, slope, _ = dicom.DICOM_VARIANTS[variant]
-    assert (ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation) == \
-        (photometric, bits, stored, signed)
+    assert (ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation) == (
+        photometric,
+        bits,
+        stored,
+        signed,
+    )
     assert ds.Rows == ds.Columns == 24 and ds.SOPInstanceUID == "1.2.3.4" and ds.file_meta.TransferSyntaxUID
     assert ("RescaleSlope" in ds) == (slope is not None)
     assert np.abs(_dicom_to_display(ds) - img).max() < 2.5 / 255
@@ -201,7 +215,9 @@ def test_rsna_layout(raw):
     ds = pydicom.dcmread(d / "stage_2_train_images" / f"{box.patientId}.dcm")
     img = _dicom_to_display(ds)
     cx, cy = int(box.x + box.width / 2), int(box.y + box.height / 2)
-    assert img[cy, cx] > np.median(img[int(box.y):int(box.y + box.height), int(box.x):int(box.x + box.width)]) - 1e-9
+    assert (
+        img[cy, cx] > np.median(img[int(box.y) : int(box.y + box.height), int(box.x) : int(box.x + box.width)]) - 1e-9
+    )
 
 
 def test_siim_layout_and_rle(raw):
@@ -236,7 +252,7 @@ def test_rle_round_trip():
     assert demo.encode_rle(np.zeros((4, 4), bool)) == "-1"
     m = np.zeros((4, 4), bool)
     m[1:3, 0] = True  # column-major: pixels 1, 2
-    m[0, 1] = True    # pixel 4
+    m[0, 1] = True  # pixel 4
     assert demo.encode_rle(m) == "1 2 1 1"
 
 
@@ -244,8 +260,12 @@ def test_mhist_layout(raw):
     root, _ = raw
     d = root / "mhist"
     df = pd.read_csv(d / "annotations.csv")
-    assert list(df.columns) == ["Image Name", "Majority Vote Label",
-                                "Number of Annotators who Selected SSA (Out of 7)", "Partition"]
+    assert list(df.columns) == [
+        "Image Name",
+        "Majority Vote Label",
+        "Number of Annotators who Selected SSA (Out of 7)",
+        "Partition",
+    ]
     assert set(df["Majority Vote Label"]) == {"HP", "SSA"} and set(df["Partition"]) == {"train", "test"}
     votes = df["Number of Annotators who Selected SSA (Out of 7)"]
     assert ((votes >= 4) == (df["Majority Vote Label"] == "SSA")).all()
@@ -256,8 +276,10 @@ def test_mhist_layout(raw):
 def test_lc25000_layout(raw):
     root, _ = raw
     base = root / "lc25000" / "lung_colon_image_set"
-    for organ, classes in {"lung_image_sets": ["lung_aca", "lung_n", "lung_scc"],
-                           "colon_image_sets": ["colon_aca", "colon_n"]}.items():
+    for organ, classes in {
+        "lung_image_sets": ["lung_aca", "lung_n", "lung_scc"],
+        "colon_image_sets": ["colon_aca", "colon_n"],
+    }.items():
         for cls in classes:
             files = sorted((base / organ / cls).glob("*.jpeg"))
             assert len(files) == SMALL.n_per_class
@@ -267,8 +289,10 @@ def test_lc25000_layout(raw):
 
 def test_histopathology_classes_differ_in_colour():
     rng = np.random.default_rng(0)
-    means = {c: np.mean([painters.render_histo(32, c, rng).mean(axis=(0, 1)) for _ in range(8)], axis=0)
-             for c in ("lung_aca", "lung_n", "lung_scc")}
+    means = {
+        c: np.mean([painters.render_histo(32, c, rng).mean(axis=(0, 1)) for _ in range(8)], axis=0)
+        for c in ("lung_aca", "lung_n", "lung_scc")
+    }
     assert min(np.abs(means[a] - means[b]).max() for a in means for b in means if a < b) > 3
 
 
@@ -319,6 +343,7 @@ def test_demo_reports_fit_the_tiny_context(raw):
 
 def test_vocabulary_file_is_current_and_covers_demo_text(raw, tmp_path):
     import transformers
+
     vocab = demo_vocabulary()
     assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and len(set(vocab)) == len(vocab)
     shipped = TINY_VOCAB_FILE.read_text().splitlines()

@@ -25,8 +25,11 @@ from model_support import build_tiny, example_batch, randomise_adapter, write_vo
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: no CUDA device visible to torch "
-                       f"{torch.__version__} (run on a GPU machine: bash benchmarks/device_check.sh)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs CUDA: no CUDA device visible to torch "
+        f"{torch.__version__} (run on a GPU machine: bash benchmarks/device_check.sh)",
+    ),
 ]
 
 CUDA = torch.device("cuda", 0)
@@ -114,8 +117,7 @@ def test_nccl_one_process_group():
 
     if not dist.is_nccl_available():
         pytest.fail("this torch build has CUDA but no NCCL: multi-GPU training cannot run")
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                            device_id=CUDA)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1, device_id=CUDA)
     try:
         assert dist.get_backend() == "nccl" and dist.get_world_size() == 1
         t = torch.arange(4, dtype=torch.float32, device=CUDA)

@@ -39,8 +39,16 @@ def write_dataset(root: Path, n_per_split: int = 6, seed: int = 0, positive: str
         for i in range(n_per_split):
             name = f"{split}_{i}"
             img = np.full((SIZE, SIZE), level("normal"), np.uint8)
-            row = {"image": f"images/{name}.png", "split": split, "patient_id": name, "study_id": name,
-                   "orig_width": SIZE, "orig_height": SIZE, "label": "Normal", "mask": ""}
+            row = {
+                "image": f"images/{name}.png",
+                "split": split,
+                "patient_id": name,
+                "study_id": name,
+                "orig_width": SIZE,
+                "orig_height": SIZE,
+                "label": "Normal",
+                "mask": "",
+            }
             if i % 3:
                 y0, y1, x0, x1 = _region(rng)
                 img[y0:y1, x0:x1] = level(positive.lower())
@@ -66,8 +74,9 @@ def test_helpers():
     np.testing.assert_allclose(scores, [0.9, 0.7])
     assert grounding.regions_to_boxes(prob, 0.95)[0].shape == (0, 4)
     # 200 x 100 original, shortest side -> 50: scale 0.5, crop 25 px on the left
-    np.testing.assert_allclose(grounding.boxes_to_input(np.array([[60, 10, 40, 20], [0, 0, 10, 10]]), 200, 100, 50),
-                               [[5, 5, 25, 15]])
+    np.testing.assert_allclose(
+        grounding.boxes_to_input(np.array([[60, 10, 40, 20], [0, 0, 10, 10]]), 200, 100, 50), [[5, 5, 25, 15]]
+    )
     mask = Image.fromarray(np.pad(np.ones((2, 2), np.uint8) * 255, ((0, 2), (1, 1))))  # 4 x 4, top middle
     np.testing.assert_array_equal(grounding.fit_to_input(mask, 4) > 0, np.asarray(mask) > 0)
     # the threshold curve equals Dice computed mask by mask
@@ -113,8 +122,9 @@ def test_detection_map(tmp_path):
     root = tmp_path / "processed" / "rsna"
     write_dataset(root, n_per_split=8, seed=1, positive="Pneumonia")
     spec, test = load_benchmark("rsna_det", tmp_path / "processed")
-    metrics, artifacts, overlays = evaluate_benchmark(FakeModel(), spec, test, root, prompts_for(spec.classes), CFG,
-                                                      "cpu")
+    metrics, artifacts, overlays = evaluate_benchmark(
+        FakeModel(), spec, test, root, prompts_for(spec.classes), CFG, "cpu"
+    )
     p = "grounding/rsna_det"
     assert metrics[f"{p}/n_images"] == 5  # positive (boxed) test images only
     assert all(type(v) in (int, float) for v in metrics.values())
@@ -131,19 +141,37 @@ def test_grounding_errors(tmp_path):
     spec = FakeSpec("siim_seg", "segmentation", list(CLASSES))
     test, val = manifest[manifest.split == "test"], manifest[manifest.split == "val"]
     with pytest.raises(ValueError, match="dataeff_fractions"):
-        grounding.evaluate_grounding(FakeModel(), spec, test, root, prompts_for(CLASSES),
-                                     dataclasses.replace(CFG, dataeff_fractions=[0.0]), "cpu", val_manifest=val)
+        grounding.evaluate_grounding(
+            FakeModel(),
+            spec,
+            test,
+            root,
+            prompts_for(CLASSES),
+            dataclasses.replace(CFG, dataeff_fractions=[0.0]),
+            "cpu",
+            val_manifest=val,
+        )
     with pytest.raises(ValueError, match="validation split is empty"):
-        grounding.evaluate_grounding(FakeModel(), spec, test, root, prompts_for(CLASSES), CFG, "cpu",
-                                     val_manifest=val.iloc[:0])
+        grounding.evaluate_grounding(
+            FakeModel(), spec, test, root, prompts_for(CLASSES), CFG, "cpu", val_manifest=val.iloc[:0]
+        )
     with pytest.raises(KeyError, match="'Pneumothorax'"):
-        grounding.evaluate_grounding(FakeModel(), spec, test, root, prompts_for(["Normal"]), CFG, "cpu",
-                                     val_manifest=val)
+        grounding.evaluate_grounding(
+            FakeModel(), spec, test, root, prompts_for(["Normal"]), CFG, "cpu", val_manifest=val
+        )
     det = FakeSpec("rsna_det", "detection", list(CLASSES))
     with pytest.raises(ValueError, match="no (test|validation) image has a box"):
-        grounding.evaluate_grounding(FakeModel(), det, test, root, prompts_for(CLASSES), CFG, "cpu",
-                                     val_manifest=val, boxes=pd.DataFrame(columns=["image", "x", "y", "width",
-                                                                                     "height"]))
+        grounding.evaluate_grounding(
+            FakeModel(),
+            det,
+            test,
+            root,
+            prompts_for(CLASSES),
+            CFG,
+            "cpu",
+            val_manifest=val,
+            boxes=pd.DataFrame(columns=["image", "x", "y", "width", "height"]),
+        )
 
 
 def test_smoke_real_tiny_model_grounding(tmp_path):
@@ -152,7 +180,8 @@ def test_smoke_real_tiny_model_grounding(tmp_path):
     manifest = write_dataset(root, n_per_split=3)
     spec = FakeSpec("siim_seg", "segmentation", list(CLASSES))
     test, val = manifest[manifest.split == "test"], manifest[manifest.split == "val"]
-    metrics, artifacts, _ = grounding.evaluate_grounding(model, spec, test, root, prompts_for(CLASSES), CFG, "cpu",
-                                                      val_manifest=val)
+    metrics, artifacts, _ = grounding.evaluate_grounding(
+        model, spec, test, root, prompts_for(CLASSES), CFG, "cpu", val_manifest=val
+    )
     assert 0.0 <= metrics["grounding/siim_seg/dice"] <= 1.0
     assert len(artifacts["predictions"]) == 3

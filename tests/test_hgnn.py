@@ -17,9 +17,9 @@ def reference_incidence(x: torch.Tensor, alpha: torch.Tensor, k: int) -> torch.T
     for i in range(1, n):
         for j in range(1, n):
             if i != j:
-                s[i, j] = float(xh[i] @ xh[j])          # cosine
+                s[i, j] = float(xh[i] @ xh[j])  # cosine
     for j in range(1, n):
-        s[0, j] = float(alpha[j - 1])                    # S_0j = α_j
+        s[0, j] = float(alpha[j - 1])  # S_0j = α_j
     w = torch.zeros(n, n, dtype=torch.float64)
     for i in range(n):
         candidates = [j for j in range(n) if s[i, j] > float("-inf")]
@@ -34,14 +34,14 @@ def reference_incidence(x: torch.Tensor, alpha: torch.Tensor, k: int) -> torch.T
             if j != i:
                 h[i, j] = w[i, j]
     for j in range(1, n):
-        h[j, 0] = w[0, j]                                # CLS joins e_j with weight W_0j
+        h[j, 0] = w[0, j]  # CLS joins e_j with weight W_0j
     return h
 
 
 def reference_v0(hgnn: AceHgnn, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     h = reference_incidence(x, alpha, hgnn.topk).to(x.dtype)
-    e = hgnn.edge(h @ x)                                 # Ẽ = φ_edge(H·X)
-    y = hgnn.node(h.t() @ e)                             # Y = φ_node(Hᵀ·Ẽ)
+    e = hgnn.edge(h @ x)  # Ẽ = φ_edge(H·X)
+    y = hgnn.node(h.t() @ e)  # Y = φ_node(Hᵀ·Ẽ)
     if hgnn.fusion == "residual":
         return F.normalize(x[0] + hgnn.gamma * y[0], dim=-1)
     return F.normalize(y[0], dim=-1)
@@ -128,7 +128,14 @@ def test_output_depends_on_two_hop_neighbourhood_only():
 def test_mlp_names_and_sizes_match_the_paper():
     hgnn = AceHgnn(512, hidden=128, topk=5)
     names = {n: tuple(p.shape) for n, p in hgnn.named_parameters()}
-    assert names == {"edge.down.weight": (128, 512), "edge.down.bias": (128,), "edge.up.weight": (512, 128),
-                     "edge.up.bias": (512,), "node.down.weight": (128, 512), "node.down.bias": (128,),
-                     "node.up.weight": (512, 128), "node.up.bias": (512,)}
+    assert names == {
+        "edge.down.weight": (128, 512),
+        "edge.down.bias": (128,),
+        "edge.up.weight": (512, 128),
+        "edge.up.bias": (512,),
+        "node.down.weight": (128, 512),
+        "node.down.bias": (128,),
+        "node.up.weight": (512, 128),
+        "node.up.bias": (512,),
+    }
     assert sum(p.numel() for p in hgnn.parameters()) == 2 * 131_712  # φ_edge + φ_node (docs/method.md#lora)

@@ -89,8 +89,11 @@ def test_a_rerun_sweeps_the_temporary_files_a_killed_run_left(tmp_path):
     _aged(legacy_old)
     live = _aged(_touch(tmp_path / f".metrics.{os.getppid()}.k2j4h5g6.tmp.json"))  # a concurrent writer
     fresh = _touch(tmp_path / f".metrics.{dead}.zzzz9999.tmp.json")  # newer than this process: not ours to judge
-    others = [_aged(_touch(tmp_path / f".metrics.{dead}.k2j4h5g6.tmp.csv")),  # another output's temp file
-              _aged(_touch(tmp_path / "notes.tmp")), _aged(_touch(tmp_path / ".prepared.keep"))]
+    others = [
+        _aged(_touch(tmp_path / f".metrics.{dead}.k2j4h5g6.tmp.csv")),  # another output's temp file
+        _aged(_touch(tmp_path / "notes.tmp")),
+        _aged(_touch(tmp_path / ".prepared.keep")),
+    ]
     atomic_write_text(tmp_path / "metrics.json", "{}\n")
     assert not stale_file.exists() and not legacy_file.exists()
     assert live.exists() and fresh.exists() and all(p.exists() for p in others)

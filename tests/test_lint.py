@@ -1,6 +1,6 @@
-"""House rules a linter checks: `ruff check` as configured in pyproject.toml, short functions in the library, test
-modules that share helpers through conftest.py and support modules only (`snakemake --lint`:
-tests/test_workflow.py)."""
+"""House rules a linter checks: `ruff check` and `ruff format --check` as configured in pyproject.toml, short
+functions in the library, test modules that share helpers through conftest.py and support modules only
+(`snakemake --lint`: tests/test_workflow.py)."""
 
 import ast
 import subprocess
@@ -13,9 +13,23 @@ MAX_FUNCTION_LINES = 80
 
 
 def test_ruff_check_is_clean():
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "ace_lora", "tests",
-                           "benchmarks"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--output-format", "concise", "ace_lora", "tests", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, f"ruff (pip install -e '.[test]'):\n{proc.stdout}{proc.stderr}"
+
+
+def test_code_is_formatted():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "ace_lora", "tests", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, f"run `ruff format ace_lora tests benchmarks`:\n{proc.stdout}{proc.stderr}"
 
 
 def test_no_library_function_exceeds_the_line_limit():

@@ -21,8 +21,15 @@ def _fused(d=12, seed=0):
 def test_fused_qkv_gets_one_adapter_per_slice(targets):
     base = _fused()
     original = base.weight.detach().clone()
-    layer = LoraLinear(base, [("q", 12), ("k", 12), ("v", 12)], targets, rank=4, alpha=1.0, dropout=0.0,
-                       generator=torch.Generator().manual_seed(0)).eval()
+    layer = LoraLinear(
+        base,
+        [("q", 12), ("k", 12), ("v", 12)],
+        targets,
+        rank=4,
+        alpha=1.0,
+        dropout=0.0,
+        generator=torch.Generator().manual_seed(0),
+    ).eval()
     assert layer.scaling == pytest.approx(1 / math.sqrt(4)) == 0.5  # docs/method.md#lora: alpha / sqrt(r)
     assert list(layer.lora_A) == targets and all(layer.lora_A[t].shape == (4, 12) for t in targets)
     with torch.no_grad():
@@ -33,13 +40,13 @@ def test_fused_qkv_gets_one_adapter_per_slice(targets):
     want = base(x).clone()
     for i, name in enumerate("qkv"):
         if name in targets:
-            want[..., 12 * i:12 * (i + 1)] += 0.5 * x @ layer.lora_A[name].t() @ layer.lora_B[name].t()
+            want[..., 12 * i : 12 * (i + 1)] += 0.5 * x @ layer.lora_A[name].t() @ layer.lora_B[name].t()
     torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
     layer.merge()
     layer.merge()  # idempotent
     delta = (base.weight - original).detach()
     for i, name in enumerate("qkv"):
-        rows = delta[12 * i:12 * (i + 1)]
+        rows = delta[12 * i : 12 * (i + 1)]
         if name in targets:
             torch.testing.assert_close(rows, 0.5 * layer.lora_B[name] @ layer.lora_A[name])
         else:
@@ -51,8 +58,15 @@ def test_fused_qkv_gets_one_adapter_per_slice(targets):
 
 
 def test_b_starts_at_zero_and_a_is_kaiming_uniform():
-    layer = LoraLinear(nn.Linear(768, 768), [("q", 768)], ["q"], rank=4, alpha=1.0, dropout=0.1,
-                       generator=torch.Generator().manual_seed(0))
+    layer = LoraLinear(
+        nn.Linear(768, 768),
+        [("q", 768)],
+        ["q"],
+        rank=4,
+        alpha=1.0,
+        dropout=0.1,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.count_nonzero(layer.lora_B["q"]) == 0
     bound = 1 / math.sqrt(768)  # kaiming_uniform(a=sqrt(5)) on fan_in 768
     a = layer.lora_A["q"]

@@ -95,13 +95,20 @@ def _rank_worker(rank: int, world: int, folder: str) -> None:
     try:
         img, txt, labels = _full_batch()
         b = img.shape[0] // world
-        local_img = img[rank * b:(rank + 1) * b].clone().requires_grad_(True)
-        local_txt = txt[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+        local_img = img[rank * b : (rank + 1) * b].clone().requires_grad_(True)
+        local_txt = txt[rank * b : (rank + 1) * b].clone().requires_grad_(True)
         scale = torch.nn.Parameter(torch.tensor(9.0))
-        out = LabelGuidedInfoNCELoss()(local_img, local_txt, scale, labels[rank * b:(rank + 1) * b])
+        out = LabelGuidedInfoNCELoss()(local_img, local_txt, scale, labels[rank * b : (rank + 1) * b])
         out["loss"].backward()
-        torch.save({"loss": out["loss"].detach(), "img_grad": local_img.grad, "txt_grad": local_txt.grad,
-                    "scale_grad": scale.grad}, os.path.join(folder, f"rank{rank}.pt"))
+        torch.save(
+            {
+                "loss": out["loss"].detach(),
+                "img_grad": local_img.grad,
+                "txt_grad": local_txt.grad,
+                "scale_grad": scale.grad,
+            },
+            os.path.join(folder, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -122,6 +129,6 @@ def test_two_ranks_gather_features_and_labels(tmp_path):
     torch.testing.assert_close(sum(p["loss"] for p in parts) / world, full.detach())
     b = img.shape[0] // world
     for r, p in enumerate(parts):  # gradient of the local shard = world x gradient of the global mean loss
-        torch.testing.assert_close(p["img_grad"], world * img.grad[r * b:(r + 1) * b], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(p["txt_grad"], world * txt.grad[r * b:(r + 1) * b], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(p["img_grad"], world * img.grad[r * b : (r + 1) * b], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(p["txt_grad"], world * txt.grad[r * b : (r + 1) * b], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(sum(p["scale_grad"] for p in parts) / world, scale.grad)

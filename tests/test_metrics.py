@@ -178,8 +178,16 @@ def _coco_map(pred_boxes, scores, gt_boxes, thresholds):
     for i, (g, p, s) in enumerate(zip(gt_boxes, pred_boxes, scores)):
         images.append({"id": i, "width": 256, "height": 256})
         for b in g:
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "bbox": xywh(b),
-                         "area": float((b[2] - b[0]) * (b[3] - b[1])), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "bbox": xywh(b),
+                    "area": float((b[2] - b[0]) * (b[3] - b[1])),
+                    "iscrowd": 0,
+                }
+            )
         for b, c in zip(p, s):
             dets.append({"image_id": i, "category_id": 1, "bbox": xywh(b), "score": float(c)})
     with contextlib.redirect_stdout(io.StringIO()):

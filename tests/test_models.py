@@ -98,14 +98,17 @@ def test_merge_equals_unmerged_and_unmerge_restores(vocab):
 ADAPTER = 4 * 64 + 64 * 4  # one tiny-preset adapter: A [4, 64] + B [64, 4]
 
 
-@pytest.mark.parametrize("lora, adapters", [
-    ({}, 12),                                   # q, k, v x 2 layers x 2 towers
-    ({"targets": ["q", "v"]}, 8),
-    ({"towers": ["image"]}, 6),
-    ({"layers": [1]}, 6),
-    ({"targets": ["o"]}, 4),
-    ({"enabled": False}, 0),
-])
+@pytest.mark.parametrize(
+    "lora, adapters",
+    [
+        ({}, 12),  # q, k, v x 2 layers x 2 towers
+        ({"targets": ["q", "v"]}, 8),
+        ({"towers": ["image"]}, 6),
+        ({"layers": [1]}, 6),
+        ({"targets": ["o"]}, 4),
+        ({"enabled": False}, 0),
+    ],
+)
 def test_lora_variants_count(vocab, lora, adapters):
     model = build_tiny(vocab, lora=lora)
     assert model.parameter_breakdown()["lora"] == adapters * ADAPTER
@@ -116,8 +119,9 @@ def test_lora_init_independent_versus_shared(vocab):
     shared = build_tiny(vocab, lora={"init": "shared"})
 
     def a_of(model, layer):
-        return model.visual.trunk.blocks[layer].attn.qkv.lora_A["q"], \
-            model.text.transformer.encoder.layer[layer].attention.self.query.lora_A["q"]
+        return model.visual.trunk.blocks[layer].attn.qkv.lora_A["q"], model.text.transformer.encoder.layer[
+            layer
+        ].attention.self.query.lora_A["q"]
 
     assert not torch.equal(a_of(ind, 0)[0], a_of(ind, 1)[0])
     assert not torch.equal(a_of(ind, 0)[1], a_of(ind, 1)[1])
@@ -153,8 +157,8 @@ def _reference_attention_rows(model, images, ids, mask):
     last = len(model.visual.trunk.blocks) - 1
     extract = AttentionExtract(model.visual.trunk, names=[f"blocks.{last}.attn.attn_drop"], method="hook")
     with torch.no_grad():
-        maps = list(extract(images).values())[0]                           # (B, H, N, N)
-        model.image_prior_reader.read("softmax")                           # drop the captured tensors
+        maps = list(extract(images).values())[0]  # (B, H, N, N)
+        model.image_prior_reader.read("softmax")  # drop the captured tensors
         bert = model.text.transformer
         bert.set_attn_implementation("eager")
         out = bert(input_ids=ids, attention_mask=mask, output_attentions=True)
@@ -226,7 +230,7 @@ def test_padding_columns_are_skipped_when_no_padding_is_a_node(vocab, hgnn):
         full_txt = model.text_global(full, full_prior, full_node_mask)
     assert nodes.shape[1] == longest and prior.shape[1] == longest - 1 and node_mask.shape[1] == longest
     torch.testing.assert_close(nodes, full[:, :longest], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(prior, full_prior[:, :longest - 1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(prior, full_prior[:, : longest - 1], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(txt, full_txt, atol=1e-6, rtol=1e-5)
     reference = build_tiny(vocab)  # text_nodes=all with a text HGNN: padding positions are nodes
     with torch.no_grad():
@@ -302,8 +306,9 @@ def _open_clip_model(preset_name: str, folder):
             from timm.models import register_model
 
             def ace_lora_test_tiny_vit(pretrained=False, **kwargs):
-                args = {k: v for k, v in get_preset("tiny").timm_kwargs().items()
-                        if k not in ("num_classes", "global_pool")}
+                args = {
+                    k: v for k, v in get_preset("tiny").timm_kwargs().items() if k not in ("num_classes", "global_pool")
+                }
                 return timm.create_model("vit_base_patch16_224", pretrained=False, **args)
 
             register_model(ace_lora_test_tiny_vit)
@@ -312,13 +317,24 @@ def _open_clip_model(preset_name: str, folder):
     torch.manual_seed(123)
     model = CustomTextCLIP(
         embed_dim=preset.embed_dim,
-        vision_cfg=dict(timm_model_name=timm_name, timm_model_pretrained=False, timm_pool="", timm_proj="linear",
-                        image_size=preset.image_size),
-        text_cfg=dict(hf_model_name=str(bert_dir), hf_model_pretrained=False, hf_proj_type="mlp",
-                      hf_pooler_type="cls_last_hidden_state_pooler", context_length=preset.context_length),
+        vision_cfg=dict(
+            timm_model_name=timm_name,
+            timm_model_pretrained=False,
+            timm_pool="",
+            timm_proj="linear",
+            image_size=preset.image_size,
+        ),
+        text_cfg=dict(
+            hf_model_name=str(bert_dir),
+            hf_model_pretrained=False,
+            hf_proj_type="mlp",
+            hf_pooler_type="cls_last_hidden_state_pooler",
+            context_length=preset.context_length,
+        ),
     )
-    assert preset.text_proj_hidden == (preset.text_width + preset.embed_dim) // 2, \
+    assert preset.text_proj_hidden == (preset.text_width + preset.embed_dim) // 2, (
         "open_clip's text MLP width (mean of in and out) must equal the preset's for this oracle"
+    )
     return model.eval()
 
 
@@ -352,13 +368,17 @@ def test_checkpoint_errors_name_the_files(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="vocab.txt"):
         resolve_checkpoint_file("hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224")
     with pytest.raises(FileNotFoundError, match="open_clip_pytorch_model.bin and vocab.txt"):
-        build_model(ModelConfig(preset="biomedclip", checkpoint="hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-"
-                                "vit_base_patch16_224"))
+        build_model(
+            ModelConfig(
+                preset="biomedclip", checkpoint="hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+            )
+        )
     model = build_model(ModelConfig(preset="biomedclip"), device="meta")
     with pytest.raises(ValueError, match="missing"):
         load_open_clip_state_dict(model, {"visual.trunk.cls_token": torch.zeros(1, 1, 768)})
     (tmp_path / "evil.bin").write_bytes(b"not a pickle")
     from ace_lora.models.biomedclip import read_state_dict
+
     with pytest.raises(ValueError, match="weights_only"):
         read_state_dict(tmp_path / "evil.bin")
     assert json.dumps(describe_model("tiny"))

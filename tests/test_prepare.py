@@ -37,8 +37,11 @@ def prepared(tmp_path_factory):
     for name, make in RAW.items():
         make(base / "raw")
         report = prepare_dataset(name, base / "raw", base / "processed" / name, cfg(), workers=2)
-        manifest = pd.read_csv(base / "processed" / name / "manifest.csv", keep_default_na=False,
-                               dtype={"patient_id": str, "study_id": str})
+        manifest = pd.read_csv(
+            base / "processed" / name / "manifest.csv",
+            keep_default_na=False,
+            dtype={"patient_id": str, "study_id": str},
+        )
         out[name] = (report, manifest, base / "processed" / name)
     return out
 
@@ -47,8 +50,15 @@ def prepared(tmp_path_factory):
 
 
 BASE_COLUMNS = ["image", "split", "patient_id", "study_id", "orig_width", "orig_height"]
-EXTRA_COLUMNS = {"mimic": [*CHEXPERT_FINDINGS, "text"], "nih14": [*NIH_FINDINGS], "chexpert": ["label"],
-                 "rsna": ["label"], "siim": ["label", "mask"], "mhist": ["label"], "lc25000": ["label", "organ"]}
+EXTRA_COLUMNS = {
+    "mimic": [*CHEXPERT_FINDINGS, "text"],
+    "nih14": [*NIH_FINDINGS],
+    "chexpert": ["label"],
+    "rsna": ["label"],
+    "siim": ["label", "mask"],
+    "mhist": ["label"],
+    "lc25000": ["label", "organ"],
+}
 
 
 @pytest.mark.parametrize("name", list(RAW))
@@ -154,7 +164,9 @@ def test_prepare_mhist_and_lc25000(prepared):
     _, lc, _ = prepared["lc25000"]
     assert (lc["split"] == "test").all() and len(lc) == 10
     assert lc.groupby("organ")["label"].apply(set).to_dict() == {
-        "colon": {"colon_aca", "colon_n"}, "lung": {"lung_aca", "lung_n", "lung_scc"}}
+        "colon": {"colon_aca", "colon_n"},
+        "lung": {"lung_aca", "lung_n", "lung_scc"},
+    }
 
 
 def test_prepare_split_by_group_deterministic_disjoint_and_stable():
@@ -177,8 +189,9 @@ def test_prepare_deterministic_rerun(tmp_path):
     b = prepare_dataset("rsna", tmp_path / "raw", tmp_path / "b", cfg(split_seed=3), workers=2)
     ma, mb = (pd.read_csv(tmp_path / x / "manifest.csv") for x in "ab")
     assert ma.equals(mb) and a["counts"] == b["counts"]
-    assert (tmp_path / "a" / "images" / "pat-000.png").read_bytes() == (tmp_path / "b" / "images" /
-                                                                       "pat-000.png").read_bytes()
+    assert (tmp_path / "a" / "images" / "pat-000.png").read_bytes() == (
+        tmp_path / "b" / "images" / "pat-000.png"
+    ).read_bytes()
 
 
 # --------------------------------------------------------------------------------------- bad inputs
@@ -424,9 +437,13 @@ def test_siim_minus_one_and_rle_for_one_image(tmp_path):
         rle = d / "train-rle.csv"
         rle.write_text(rle.read_text() + "1.2.276.0.4, -1\n")  # image 4 has two RLE rows already
 
-    report = _snapshot_then_break(tmp_path, "siim", add_minus_one,
-                                  r"train-rle\.csv, row 6: image 1\.2\.276\.0\.4 has both a '-1'.*RLE rows",
-                                  "conflicting_rows")
+    report = _snapshot_then_break(
+        tmp_path,
+        "siim",
+        add_minus_one,
+        r"train-rle\.csv, row 6: image 1\.2\.276\.0\.4 has both a '-1'.*RLE rows",
+        "conflicting_rows",
+    )
     assert report["skipped"]["inputs"][0]["file"] == "train-rle.csv"
 
 
@@ -436,8 +453,14 @@ def test_duplicated_nih_image_index(tmp_path):
         lines = table.read_text().splitlines()
         table.write_text("\n".join(lines + [lines[6]]) + "\n")  # row 6 (image 00000003_001.png) again
 
-    _snapshot_then_break(tmp_path, "nih14", dup, r"Data_Entry_2017_v2020\.csv, row 15: Image Index 00000003_001\.png "
-                         r"appears on rows \[6, 15\]", "duplicate_id")
+    _snapshot_then_break(
+        tmp_path,
+        "nih14",
+        dup,
+        r"Data_Entry_2017_v2020\.csv, row 15: Image Index 00000003_001\.png "
+        r"appears on rows \[6, 15\]",
+        "duplicate_id",
+    )
 
 
 def test_duplicated_mimic_dicom_id(tmp_path):
@@ -445,8 +468,9 @@ def test_duplicated_mimic_dicom_id(tmp_path):
         meta = pd.read_csv(d / "mimic-cxr-2.0.0-metadata.csv.gz")
         pd.concat([meta, meta.iloc[[2]]]).to_csv(d / "mimic-cxr-2.0.0-metadata.csv.gz", index=False)
 
-    _snapshot_then_break(tmp_path, "mimic", dup, r"metadata\.csv\.gz, row 11: dicom_id d1a appears on rows \[3, 11\]",
-                         "duplicate_id")
+    _snapshot_then_break(
+        tmp_path, "mimic", dup, r"metadata\.csv\.gz, row 11: dicom_id d1a appears on rows \[3, 11\]", "duplicate_id"
+    )
 
 
 def test_duplicated_rsna_negative_patient(tmp_path):
@@ -454,8 +478,9 @@ def test_duplicated_rsna_negative_patient(tmp_path):
         table = d / "stage_2_train_labels.csv"
         table.write_text(table.read_text() + "pat-001,,,,,0\n")
 
-    _snapshot_then_break(tmp_path, "rsna", dup, r"stage_2_train_labels\.csv, row 28: patient pat-001 appears on rows",
-                         "duplicate_id")
+    _snapshot_then_break(
+        tmp_path, "rsna", dup, r"stage_2_train_labels\.csv, row 28: patient pat-001 appears on rows", "duplicate_id"
+    )
 
 
 def test_duplicated_chexpert_path(tmp_path):
@@ -464,8 +489,14 @@ def test_duplicated_chexpert_path(tmp_path):
         lines = table.read_text().splitlines()
         table.write_text("\n".join(lines + [lines[1]]) + "\n")
 
-    _snapshot_then_break(tmp_path, "chexpert", dup, r"train\.csv, row 31: Path CheXpert-v1\.0-small/train/"
-                         r"patient00000/study1/view1_frontal\.jpg appears on rows \[1, 31\]", "duplicate_id")
+    _snapshot_then_break(
+        tmp_path,
+        "chexpert",
+        dup,
+        r"train\.csv, row 31: Path CheXpert-v1\.0-small/train/"
+        r"patient00000/study1/view1_frontal\.jpg appears on rows \[1, 31\]",
+        "duplicate_id",
+    )
 
 
 def test_duplicated_mhist_image_name(tmp_path):
@@ -474,16 +505,23 @@ def test_duplicated_mhist_image_name(tmp_path):
         lines = table.read_text().splitlines()
         table.write_text("\n".join(lines + [lines[3]]) + "\n")
 
-    _snapshot_then_break(tmp_path, "mhist", dup, r"annotations\.csv, row 9: Image Name MHIST_002\.png appears",
-                         "duplicate_id")
+    _snapshot_then_break(
+        tmp_path, "mhist", dup, r"annotations\.csv, row 9: Image Name MHIST_002\.png appears", "duplicate_id"
+    )
 
 
 def test_empty_mimic_report(tmp_path):
     def empty(d):
         next(d.rglob("s50000002.txt")).write_text("  \n\n")
 
-    report = _snapshot_then_break(tmp_path, "mimic", empty, r"s50000002\.txt: the report is empty.*image d1a, "
-                                  r"mimic-cxr-2\.0\.0-metadata\.csv\.gz row 3", "empty_report")
+    report = _snapshot_then_break(
+        tmp_path,
+        "mimic",
+        empty,
+        r"s50000002\.txt: the report is empty.*image d1a, "
+        r"mimic-cxr-2\.0\.0-metadata\.csv\.gz row 3",
+        "empty_report",
+    )
     assert report["skipped"]["inputs"][0]["file"] == "files/p10/p10000001/s50000002.txt"
 
 
@@ -491,8 +529,14 @@ def test_non_numeric_chexpert_label(tmp_path):
     def bad(d):
         _edit_csv(d / "CheXpert-v1.0-small" / "train.csv", lambda t: t.loc.__setitem__((4, "Edema"), "yes"))
 
-    _snapshot_then_break(tmp_path, "chexpert", bad, r"train\.csv, row 5: label Edema must be blank, 1, 0 or -1, "
-                         r"got 'yes'", "bad_label")
+    _snapshot_then_break(
+        tmp_path,
+        "chexpert",
+        bad,
+        r"train\.csv, row 5: label Edema must be blank, 1, 0 or -1, "
+        r"got 'yes'",
+        "bad_label",
+    )
 
 
 def test_non_numeric_mimic_label(tmp_path):
@@ -503,8 +547,14 @@ def test_non_numeric_mimic_label(tmp_path):
         table.to_csv(path, index=False)
 
     # skip: the label row is dropped and its study counts as unlabelled (all 0, like studies absent from the table)
-    _snapshot_then_break(tmp_path, "mimic", bad, r"chexpert\.csv\.gz, row 1: label Cardiomegaly must be blank, 1, 0 "
-                         r"or -1, got 'positive'", "bad_label")
+    _snapshot_then_break(
+        tmp_path,
+        "mimic",
+        bad,
+        r"chexpert\.csv\.gz, row 1: label Cardiomegaly must be blank, 1, 0 "
+        r"or -1, got 'positive'",
+        "bad_label",
+    )
 
 
 def _rewrite_dicom(path: Path, **tags) -> None:
@@ -536,8 +586,14 @@ def test_siim_image_size_disagreeing_with_the_rle_grid_blames_the_dicom(tmp_path
         path = next(d.rglob("1.2.276.0.4.dcm"))
         write_dicom(path, np.zeros((16, 16), np.uint16), PatientID="P2")
 
-    _snapshot_then_break(tmp_path, "siim", shrink, r"1\.2\.276\.0\.4\.dcm: image is 16x16 .* rows \[6, 7\] run to "
-                         r"pixel \d+: the DICOM's size disagrees with the RLE grid", "mask_mismatch")
+    _snapshot_then_break(
+        tmp_path,
+        "siim",
+        shrink,
+        r"1\.2\.276\.0\.4\.dcm: image is 16x16 .* rows \[6, 7\] run to "
+        r"pixel \d+: the DICOM's size disagrees with the RLE grid",
+        "mask_mismatch",
+    )
 
 
 def test_truncated_gzip_table_names_the_file(tmp_path):
@@ -552,22 +608,47 @@ def test_truncated_gzip_table_names_the_file(tmp_path):
     assert _tree(out) == before
 
 
-@pytest.mark.parametrize("name,edit,match", [
-    ("rsna", lambda d: (d / "stage_2_train_labels.csv").write_text(
-        (d / "stage_2_train_labels.csv").read_text().replace("pat-002", "../../pat-002")),
-     r"stage_2_train_labels\.csv, row 4: patientId '\.\./\.\./pat-002' is not a plain file name"),
-    ("siim", lambda d: (d / "train-rle.csv").write_text(
-        (d / "train-rle.csv").read_text().replace("1.2.276.0.3,", "../../1.2.276.0.3,")),
-     r"train-rle\.csv, row 5: ImageId '\.\./\.\./1\.2\.276\.0\.3' is not a plain file name"),
-    ("mhist", lambda d: _edit_csv(d / "annotations.csv", lambda t: t.loc.__setitem__((2, "Image Name"), "../x.png")),
-     r"annotations\.csv, row 3: Image Name '\.\./x\.png' is not a plain file name"),
-    ("chexpert", lambda d: _edit_csv(d / "CheXpert-v1.0-small" / "train.csv", lambda t: t.loc.__setitem__(
-        (0, "Path"), "CheXpert-v1.0-small/train/patient00000/study1/../../../../../../etc/x.jpg")),
-     r"train\.csv, row 1: Path .* is not a relative path inside the data set"),
-    ("mimic", lambda d: _edit_csv(d / "mimic-cxr-2.0.0-metadata.csv.gz",
-                                  lambda t: t.loc.__setitem__((4, "dicom_id"), "../../../outside")),
-     r"metadata\.csv\.gz, row 5: dicom_id '\.\./\.\./\.\./outside' is not a plain file name"),
-])
+@pytest.mark.parametrize(
+    "name,edit,match",
+    [
+        (
+            "rsna",
+            lambda d: (d / "stage_2_train_labels.csv").write_text(
+                (d / "stage_2_train_labels.csv").read_text().replace("pat-002", "../../pat-002")
+            ),
+            r"stage_2_train_labels\.csv, row 4: patientId '\.\./\.\./pat-002' is not a plain file name",
+        ),
+        (
+            "siim",
+            lambda d: (d / "train-rle.csv").write_text(
+                (d / "train-rle.csv").read_text().replace("1.2.276.0.3,", "../../1.2.276.0.3,")
+            ),
+            r"train-rle\.csv, row 5: ImageId '\.\./\.\./1\.2\.276\.0\.3' is not a plain file name",
+        ),
+        (
+            "mhist",
+            lambda d: _edit_csv(d / "annotations.csv", lambda t: t.loc.__setitem__((2, "Image Name"), "../x.png")),
+            r"annotations\.csv, row 3: Image Name '\.\./x\.png' is not a plain file name",
+        ),
+        (
+            "chexpert",
+            lambda d: _edit_csv(
+                d / "CheXpert-v1.0-small" / "train.csv",
+                lambda t: t.loc.__setitem__(
+                    (0, "Path"), "CheXpert-v1.0-small/train/patient00000/study1/../../../../../../etc/x.jpg"
+                ),
+            ),
+            r"train\.csv, row 1: Path .* is not a relative path inside the data set",
+        ),
+        (
+            "mimic",
+            lambda d: _edit_csv(
+                d / "mimic-cxr-2.0.0-metadata.csv.gz", lambda t: t.loc.__setitem__((4, "dicom_id"), "../../../outside")
+            ),
+            r"metadata\.csv\.gz, row 5: dicom_id '\.\./\.\./\.\./outside' is not a plain file name",
+        ),
+    ],
+)
 def test_table_ids_cannot_reach_outside_their_folder(tmp_path, name, edit, match):
     _snapshot_then_break(tmp_path, name, edit, match, "bad_id")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw", "skip"]  # nothing written elsewhere

@@ -18,8 +18,11 @@ from ace_lora.demo.painters import render_chest
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "prepare_report.json"}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "prepare_report.json"
+    }
 
 
 @pytest.mark.parametrize("name", ["mimic", "siim"])  # JPEGs + reports; DICOMs + RLE masks + header ids
@@ -44,8 +47,13 @@ def test_parallel_prepare_reports_bad_input(tmp_path):
     with pytest.raises(BadInputError, match=victim.name):
         prepare_dataset("mimic", tmp_path / "raw", tmp_path / "out", DataConfig(image_size=32, demo=demo), workers=2)
     assert not (tmp_path / "out").exists()
-    report = prepare_dataset("mimic", tmp_path / "raw", tmp_path / "out",
-                             DataConfig(image_size=32, demo=demo, on_bad_input="skip"), workers=2)
+    report = prepare_dataset(
+        "mimic",
+        tmp_path / "raw",
+        tmp_path / "out",
+        DataConfig(image_size=32, demo=demo, on_bad_input="skip"),
+        workers=2,
+    )
     assert report["skipped"]["count"] == 1 and report["skipped"]["by_reason"] == {"unreadable": 1}
 
 

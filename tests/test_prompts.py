@@ -22,15 +22,29 @@ AGREED_CLASSES = {
     "mhist": ["HP", "SSA"],
     "lc25000_lung": ["lung_aca", "lung_n", "lung_scc"],
     "lc25000_colon": ["colon_aca", "colon_n"],
-    "nih14": ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-              "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"],
+    "nih14": [
+        "Atelectasis",
+        "Cardiomegaly",
+        "Effusion",
+        "Infiltration",
+        "Mass",
+        "Nodule",
+        "Pneumonia",
+        "Pneumothorax",
+        "Consolidation",
+        "Edema",
+        "Emphysema",
+        "Fibrosis",
+        "Pleural_Thickening",
+        "Hernia",
+    ],
 }
 
 
 @pytest.mark.parametrize("bench", sorted(AGREED_CLASSES))
 def test_default_classes_and_prompts(bench):
     prompts = build_prompts(PromptsConfig(), [bench])[bench]
-    assert list(prompts)[:len(AGREED_CLASSES[bench])] == AGREED_CLASSES[bench]
+    assert list(prompts)[: len(AGREED_CLASSES[bench])] == AGREED_CLASSES[bench]
     domain = BENCHMARK_DOMAINS[bench]
     assert domain == ("histopathology" if bench in ("mhist", "lc25000_lung", "lc25000_colon") else "chest")
     for label, texts in prompts.items():
@@ -40,8 +54,10 @@ def test_default_classes_and_prompts(bench):
 
 def test_chest_templates_are_the_reference_ones():
     p = build_prompts(PromptsConfig(), ["chexpert5x200"])["chexpert5x200"]
-    assert p["Pleural Effusion"] == ["a chest X-ray image of pleural effusion.",
-                                     "Findings suggesting pleural effusion."]
+    assert p["Pleural Effusion"] == [
+        "a chest X-ray image of pleural effusion.",
+        "Findings suggesting pleural effusion.",
+    ]
     h = build_prompts(PromptsConfig(), ["mhist"])["mhist"]
     assert any("sessile serrated adenoma" in t for t in h["SSA"]) and any("hyperplastic polyp" in t for t in h["HP"])
 
@@ -51,28 +67,36 @@ def test_multilabel_benchmarks_carry_a_no_finding_negative():
 
 
 def test_overrides_replace_templates_and_named_labels_only():
-    cfg = PromptsConfig(templates={"chest": ["an x-ray showing {}"]},
-                        class_names={"rsna": {"Pneumonia": ["lung infection", "pneumonia"]}})
+    cfg = PromptsConfig(
+        templates={"chest": ["an x-ray showing {}"]},
+        class_names={"rsna": {"Pneumonia": ["lung infection", "pneumonia"]}},
+    )
     p = build_prompts(cfg, ["rsna", "mhist"])
     assert p["rsna"]["Pneumonia"] == ["an x-ray showing lung infection", "an x-ray showing pneumonia"]
     assert p["rsna"]["Normal"] == ["an x-ray showing No Finding"]  # the reference's negative phrase
     assert p["mhist"] == build_prompts(PromptsConfig(), ["mhist"])["mhist"]  # other domain untouched
 
 
-@pytest.mark.parametrize("cfg, match", [
-    (PromptsConfig(class_names={"rsna": {"Pneumonitis": "x"}}), "Pneumonitis"),
-    (PromptsConfig(class_names={"nope": {"A": "x"}}), "nope"),
-    (PromptsConfig(templates={"dermatology": ["{}"]}), "dermatology"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        (PromptsConfig(class_names={"rsna": {"Pneumonitis": "x"}}), "Pneumonitis"),
+        (PromptsConfig(class_names={"nope": {"A": "x"}}), "nope"),
+        (PromptsConfig(templates={"dermatology": ["{}"]}), "dermatology"),
+    ],
+)
 def test_bad_overrides_name_the_key(cfg, match):
     with pytest.raises(PromptsError, match=match):
         build_prompts(cfg, ["rsna"])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"templates": {"chest": ["no placeholder"]}}, r"prompts\.templates\.chest: .*exactly one '\{\}' field"),
-    ({"class_names": {"rsna": {"Normal": []}}}, r"prompts\.class_names\.rsna\.Normal"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"templates": {"chest": ["no placeholder"]}}, r"prompts\.templates\.chest: .*exactly one '\{\}' field"),
+        ({"class_names": {"rsna": {"Normal": []}}}, r"prompts\.class_names\.rsna\.Normal"),
+    ],
+)
 def test_malformed_overrides_are_refused_when_params_load(kwargs, match):
     from ace_lora.config import ParamsError
 
@@ -109,6 +133,7 @@ def test_read_errors_name_what_is_missing(tmp_path):
 
 def test_classes_agree_with_the_benchmark_registry():
     from ace_lora.data import benchmarks
+
     for name, spec in benchmarks.BENCHMARKS.items():
         assert name in BENCHMARK_CLASSES, name
         assert set(spec.classes) <= set(BENCHMARK_CLASSES[name]), name
@@ -119,11 +144,15 @@ def test_negative_phrase_of_rsna_and_siim_is_the_reference_one_by_default():
     p = build_prompts(PromptsConfig(), ["rsna", "siim", "nih14"])
     assert p["rsna"]["Normal"] == ["a chest X-ray image of No Finding.", "Findings suggesting No Finding."]
     assert p["siim"]["Normal"] == ["a chest X-ray image of No Finding.", "Findings suggesting No Finding."]
-    assert p["nih14"]["No Finding"] == ["a chest X-ray image of no acute findings.",
-                                        "Findings suggesting no acute findings."]  # no reference counterpart
+    assert p["nih14"]["No Finding"] == [
+        "a chest X-ray image of no acute findings.",
+        "Findings suggesting no acute findings.",
+    ]  # no reference counterpart
     ours = build_prompts(PromptsConfig(negative="no_acute_findings"), ["rsna_det", "siim_seg"])
-    assert ours["rsna_det"]["Normal"] == ["a chest X-ray image of no acute findings.",
-                                          "Findings suggesting no acute findings."]
+    assert ours["rsna_det"]["Normal"] == [
+        "a chest X-ray image of no acute findings.",
+        "Findings suggesting no acute findings.",
+    ]
     assert ours["siim_seg"]["Normal"][0] == "a chest X-ray image of no acute findings."
     explicit = build_prompts(PromptsConfig(class_names={"rsna": {"Normal": "normal lungs"}}), ["rsna"])
     assert explicit["rsna"]["Normal"][0] == "a chest X-ray image of normal lungs."  # class_names wins

@@ -36,8 +36,9 @@ from data_support import encode_rle, write_dicom
 def xrv_data_dir() -> Path:
     """torchxrayvision's data folder, located without importing the package (installed --no-deps)."""
     spec = importlib.util.find_spec("torchxrayvision")
-    assert spec is not None and spec.submodule_search_locations, \
+    assert spec is not None and spec.submodule_search_locations, (
         "torchxrayvision (test-only label tables) is missing: pip install --no-deps torchxrayvision"
+    )
     folder = Path(list(spec.submodule_search_locations)[0]) / "data"
     assert folder.is_dir(), f"torchxrayvision has no data folder at {folder}"
     return folder
@@ -56,8 +57,8 @@ def test_readers_rle_is_column_major_and_relative():
     # start 1, length 2 -> flat pixels 1..2 of column 0; then start 3 after that run's end (pixel 3) -> 6..6
     mask = decode_rle("1 2 3 1", 4, 3)
     expected = np.zeros((4, 3), bool)
-    expected[1:3, 0] = True        # column-major: runs go down the first column
-    expected[2, 1] = True          # flat index 6 = row 2, column 1
+    expected[1:3, 0] = True  # column-major: runs go down the first column
+    expected[2, 1] = True  # flat index 6 = row 2, column 1
     assert np.array_equal(mask, expected)
 
 
@@ -75,8 +76,10 @@ def test_readers_rle_union_of_components():
     assert np.array_equal(union, a | b)
 
 
-@pytest.mark.parametrize("rle,why", [("3 4 5", "odd"), ("3 x", "non-integer"), ("0 200", "beyond"),
-                                     ("2 0", "non-positive"), ("-3 2", "negative")])
+@pytest.mark.parametrize(
+    "rle,why",
+    [("3 4 5", "odd"), ("3 x", "non-integer"), ("0 200", "beyond"), ("2 0", "non-positive"), ("-3 2", "negative")],
+)
 def test_readers_rle_malformed_names_file_and_row(rle, why):
     with pytest.raises(BadInputError, match=rf"train-rle\.csv, row 7: malformed RLE.*{why}"):
         decode_rle(rle, 10, 10, source="train-rle.csv", row=7)
@@ -116,8 +119,9 @@ def test_readers_dicom_monochrome1_is_inverted(tmp_path):
 def test_readers_dicom_rescale_slope_intercept_before_window(tmp_path):
     stored = np.array([[0, 50, 100, 100]], dtype=np.uint16)
     # modality values = stored * 10 - 500 = -500, 0, 500, 500; the window is given in modality units
-    path = write_dicom(tmp_path / "r.dcm", stored, RescaleSlope="10", RescaleIntercept="-500",
-                       WindowCenter="250", WindowWidth="500")
+    path = write_dicom(
+        tmp_path / "r.dcm", stored, RescaleSlope="10", RescaleIntercept="-500", WindowCenter="250", WindowWidth="500"
+    )
     out = read_dicom(path)
     assert out.tolist() == [[0, 0, 255, 255]]  # window [0, 500]: -500 and 0 -> 0, 500 -> 255
     # without the modality LUT the stored values 50/100 would fall inside [0, 500] and be dark grey
@@ -152,9 +156,9 @@ def test_readers_real_chest_radiograph_decodes_plausibly():
     h, w = img.shape
     assert (h, w) == (1955, 1841) and img.dtype == np.uint8
     rows = slice(int(0.3 * h), int(0.6 * h))
-    right_lung = img[rows, int(0.20 * w):int(0.35 * w)].mean()
-    left_lung = img[rows, int(0.65 * w):int(0.80 * w)].mean()
-    mediastinum = img[rows, int(0.45 * w):int(0.55 * w)].mean()
+    right_lung = img[rows, int(0.20 * w) : int(0.35 * w)].mean()
+    left_lung = img[rows, int(0.65 * w) : int(0.80 * w)].mean()
+    mediastinum = img[rows, int(0.45 * w) : int(0.55 * w)].mean()
     assert right_lung + 30 < mediastinum and left_lung + 30 < mediastinum  # air is dark, tissue bright
 
 
@@ -188,8 +192,10 @@ def test_readers_image_16bit_png_to_8bit(tmp_path):
 
 
 def test_readers_report_text_findings_and_impression():
-    report = ("FINAL REPORT\n EXAMINATION: CHEST (PA AND LAT)\n INDICATION: cough.\n\n FINDINGS: \n\n"
-              " The lungs are clear.\n No effusion.\n\n IMPRESSION: \n\n No acute process.\n")
+    report = (
+        "FINAL REPORT\n EXAMINATION: CHEST (PA AND LAT)\n INDICATION: cough.\n\n FINDINGS: \n\n"
+        " The lungs are clear.\n No effusion.\n\n IMPRESSION: \n\n No acute process.\n"
+    )
     assert report_text(report) == "The lungs are clear. No effusion. No acute process."
     assert report_text("Heart size normal.\nNo edema.") == "Heart size normal. No edema."
 
@@ -234,18 +240,49 @@ def test_readers_chexpert_real_5x200_deterministic():
     assert (first["Frontal/Lateral"] == "Frontal").all()
     for cls in CHEXPERT_5X200_CLASSES:  # exactly one positive finding besides No Finding, none uncertain
         rows = first[first["label"] == cls]
-        others = [c for c in ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion",
-                              "Pneumonia", "Lung Opacity", "Support Devices"] if c != cls]
+        others = [
+            c
+            for c in [
+                "Atelectasis",
+                "Cardiomegaly",
+                "Consolidation",
+                "Edema",
+                "Pleural Effusion",
+                "Pneumonia",
+                "Lung Opacity",
+                "Support Devices",
+            ]
+            if c != cls
+        ]
         assert (rows[cls] == 1).all() and (rows[others].fillna(0) == 0).all().all()
 
 
 def test_readers_chexpert_fewer_than_requested_takes_all(tmp_path):
-    cols = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Enlarged Cardiomediastinum",
-            "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
-            "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
-    rows = [["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "F", 50, "Frontal", "AP"]
-            + [None] * 14, ["CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg", "F", 50,
-                            "Frontal", "AP"] + [None] * 14]
+    cols = [
+        "Path",
+        "Sex",
+        "Age",
+        "Frontal/Lateral",
+        "AP/PA",
+        "No Finding",
+        "Enlarged Cardiomediastinum",
+        "Cardiomegaly",
+        "Lung Opacity",
+        "Lung Lesion",
+        "Edema",
+        "Consolidation",
+        "Pneumonia",
+        "Atelectasis",
+        "Pneumothorax",
+        "Pleural Effusion",
+        "Pleural Other",
+        "Fracture",
+        "Support Devices",
+    ]
+    rows = [
+        ["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "F", 50, "Frontal", "AP"] + [None] * 14,
+        ["CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg", "F", 50, "Frontal", "AP"] + [None] * 14,
+    ]
     table = pd.DataFrame(rows, columns=cols)
     table.loc[0, "Edema"] = 1
     table.loc[1, "Edema"] = 1
@@ -276,12 +313,12 @@ def test_readers_nih_unknown_finding_names_row(tmp_path):
 def test_readers_decode_every_demo_dicom_encoding(tmp_path):
     """The demo fixtures' DICOM encodings (8/12/16 bit, signed, rescaled, MONOCHROME1) all decode to the picture."""
     from ace_lora.demo import dicom
+
     img = np.random.default_rng(0).random((12, 10))
     img[0, 0], img[-1, -1] = 0.0, 1.0  # span the full range (min-max display of the 8-bit variants)
     for variant in range(len(dicom.DICOM_VARIANTS)):
         path = tmp_path / f"v{variant}.dcm"
-        dicom.write_dicom(path, img, variant, patient_id="p", sop_uid="1.2.3", study_uid="1.2.4",
-                             series_uid="1.2.5")
+        dicom.write_dicom(path, img, variant, patient_id="p", sop_uid="1.2.3", study_uid="1.2.4", series_uid="1.2.5")
         out = read_dicom(path).astype(int)
         assert np.abs(out - np.rint(img * 255)).max() <= 2, dicom.DICOM_VARIANTS[variant]
 
@@ -297,16 +334,25 @@ def test_readers_safe_name_refuses_what_is_not_a_file_name(value):
 
 
 def test_readers_safe_name_keeps_real_ids():
-    for value in ["02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "1.2.276.0.7230010.3.1.4.8323329.5597",
-                  "00000001_000.png", "MHIST_aaa.png", "0004cfab-14fd-4e49-80ba-63a80b6bddd6"]:
+    for value in [
+        "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014",
+        "1.2.276.0.7230010.3.1.4.8323329.5597",
+        "00000001_000.png",
+        "MHIST_aaa.png",
+        "0004cfab-14fd-4e49-80ba-63a80b6bddd6",
+    ]:
         assert safe_name(f" {value} ", "t.csv", 1, "id") == value
 
 
-@pytest.mark.parametrize("tags,match", [({"Modality": "CT"}, "Modality is CT, not a radiograph"),
-                                        ({"Modality": "US"}, "Modality is US"),
-                                        ({"PhotometricInterpretation": "RGB"}, "PhotometricInterpretation is RGB"),
-                                        ({"PhotometricInterpretation": "PALETTE COLOR"},
-                                         "PhotometricInterpretation is PALETTE COLOR")])
+@pytest.mark.parametrize(
+    "tags,match",
+    [
+        ({"Modality": "CT"}, "Modality is CT, not a radiograph"),
+        ({"Modality": "US"}, "Modality is US"),
+        ({"PhotometricInterpretation": "RGB"}, "PhotometricInterpretation is RGB"),
+        ({"PhotometricInterpretation": "PALETTE COLOR"}, "PhotometricInterpretation is PALETTE COLOR"),
+    ],
+)
 def test_readers_dicom_that_is_not_a_grayscale_radiograph(tmp_path, tags, match):
     photometric = tags.pop("PhotometricInterpretation", "MONOCHROME2")
     path = write_dicom(tmp_path / "scan.dcm", np.zeros((4, 4), np.uint16), photometric, **tags)
@@ -314,8 +360,9 @@ def test_readers_dicom_that_is_not_a_grayscale_radiograph(tmp_path, tags, match)
         read_dicom(path)
     assert err.value.kind == "not_a_radiograph"
     for modality in ("CR", "DX"):  # radiographs pass
-        assert read_dicom(write_dicom(tmp_path / f"{modality}.dcm", np.eye(4, dtype=np.uint16) * 100,
-                                      Modality=modality)).shape == (4, 4)
+        assert read_dicom(
+            write_dicom(tmp_path / f"{modality}.dcm", np.eye(4, dtype=np.uint16) * 100, Modality=modality)
+        ).shape == (4, 4)
 
 
 def test_readers_row_errors_go_to_on_bad_and_the_rows_are_dropped(tmp_path):
@@ -326,8 +373,10 @@ def test_readers_row_errors_go_to_on_bad_and_the_rows_are_dropped(tmp_path):
     assert list(table["ImageId"]) == ["img2"]
     assert [(e.row, e.kind) for e in seen] == [(4, "bad_id"), (1, "conflicting_rows")]
     labels = tmp_path / "stage_2_train_labels.csv"
-    labels.write_text("patientId,x,y,width,height,Target\na,,,,,0\nb,1,2,3,4,1\nb,,,,,0\nc,,,,,0\nc,,,,,0\n"
-                      "d,,,,,2\ne,1,2,3,4,1\ne,1,2,3,4,1\n")
+    labels.write_text(
+        "patientId,x,y,width,height,Target\na,,,,,0\nb,1,2,3,4,1\nb,,,,,0\nc,,,,,0\nc,,,,,0\n"
+        "d,,,,,2\ne,1,2,3,4,1\ne,1,2,3,4,1\n"
+    )
     seen.clear()
     patients, boxes = read_rsna_labels(labels, on_bad=seen.append)
     assert list(patients["patientId"]) == ["a", "e"] and len(boxes) == 2

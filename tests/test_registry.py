@@ -43,8 +43,9 @@ with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
 @pytest.fixture(scope="module")
 def snakemake_datasets() -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", _SNAKEMAKE_DATASETS], cwd=ROOT, env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SNAKEMAKE_DATASETS], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -100,8 +101,9 @@ def test_negative_phrase_follows_the_registry_negative_class():
         assert ours[name][label][0].endswith(f" {registry.NEGATIVE_PHRASES['no_acute_findings']}."), name
 
 
-@pytest.mark.parametrize("path", ["params.yaml", *sorted(p.relative_to(ROOT).as_posix()
-                                                          for p in (ROOT / "configs").glob("*.yaml"))])
+@pytest.mark.parametrize(
+    "path", ["params.yaml", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").glob("*.yaml"))]
+)
 def test_parameter_files_name_registry_data_sets(path):
     params = yaml.safe_load((ROOT / path).read_text())
     evaluated = params["evaluate"]["datasets"]

@@ -35,15 +35,26 @@ def _write(metrics_dir: Path, method: str, dataset: str, metrics: dict) -> None:
 
 
 def _chexpert(acc: float) -> dict:
-    return {"zeroshot/chexpert5x200/accuracy": acc, "zeroshot/chexpert5x200/accuracy_ci_low": acc - 0.03,
-            "zeroshot/chexpert5x200/accuracy_ci_high": acc + 0.03, "zeroshot/chexpert5x200/f1": 0.5,
-            "zeroshot/chexpert5x200/n_images": 1000, "not a key": 3}
+    return {
+        "zeroshot/chexpert5x200/accuracy": acc,
+        "zeroshot/chexpert5x200/accuracy_ci_low": acc - 0.03,
+        "zeroshot/chexpert5x200/accuracy_ci_high": acc + 0.03,
+        "zeroshot/chexpert5x200/f1": 0.5,
+        "zeroshot/chexpert5x200/n_images": 1000,
+        "not a key": 3,
+    }
 
 
 def _siim(dice: float) -> dict:
-    return {"zeroshot/siim/auroc": 0.8, "grounding/siim_seg/dice": dice, "grounding/siim_seg/dice_ci_low": dice - 0.05,
-            "grounding/siim_seg/dice_ci_high": dice + 0.05, "grounding/siim_seg/threshold": 0.6,
-            "dataeff_10pct/siim_seg/dice": dice + 0.1, "dataeff_1pct/siim_seg/dice": dice + 0.01}
+    return {
+        "zeroshot/siim/auroc": 0.8,
+        "grounding/siim_seg/dice": dice,
+        "grounding/siim_seg/dice_ci_low": dice - 0.05,
+        "grounding/siim_seg/dice_ci_high": dice + 0.05,
+        "grounding/siim_seg/threshold": 0.6,
+        "dataeff_10pct/siim_seg/dice": dice + 0.1,
+        "dataeff_1pct/siim_seg/dice": dice + 0.01,
+    }
 
 
 @pytest.fixture
@@ -76,8 +87,9 @@ def test_removed_method_leaves_the_report(metrics_dir, tmp_path):
     out = tmp_path / "out"
     for methods in (METHODS + ["removed_method"], METHODS):
         datasets = ["chexpert"] if "removed_method" in methods else ["chexpert", "siim"]
-        summary = write_report(collect_metrics(metrics_dir, methods, datasets), methods, out / "b.md", out / "b.csv",
-                               out / "summary.json")
+        summary = write_report(
+            collect_metrics(metrics_dir, methods, datasets), methods, out / "b.md", out / "b.csv", out / "summary.json"
+        )
     text = (out / "b.md").read_text()
     assert "removed_method" not in text and "99.00" not in text
     assert not any(k.startswith("removed_method/") for k in json.loads((out / "summary.json").read_text()))
@@ -106,11 +118,21 @@ def test_tables_split_in_params_order_with_paper_once(metrics_dir, tmp_path):
 
 
 def test_csv_is_all_percent(metrics_dir, tmp_path):
-    write_report(collect_metrics(metrics_dir, METHODS, ["chexpert", "siim"]), METHODS, tmp_path / "b.md",
-                 tmp_path / "b.csv")
+    write_report(
+        collect_metrics(metrics_dir, METHODS, ["chexpert", "siim"]), METHODS, tmp_path / "b.md", tmp_path / "b.csv"
+    )
     table = pd.read_csv(tmp_path / "b.csv")
-    assert list(table.columns) == ["method", "benchmark", "protocol", "metric", "value_pct", "ci_low_pct",
-                                   "ci_high_pct", "paper_pct", "paper_protocol"]
+    assert list(table.columns) == [
+        "method",
+        "benchmark",
+        "protocol",
+        "metric",
+        "value_pct",
+        "ci_low_pct",
+        "ci_high_pct",
+        "paper_pct",
+        "paper_protocol",
+    ]
     assert set(table.metric) == {"accuracy", "auroc", "dice"}  # headline metrics only
     chex = table[table.benchmark == "chexpert5x200"]
     assert chex.value_pct.tolist() == pytest.approx([40.0, 50.0, 60.0])  # rows in params order
@@ -122,19 +144,23 @@ def test_csv_is_all_percent(metrics_dir, tmp_path):
 
 def test_summary_keys_are_short_and_one_per_benchmark(metrics_dir):
     df = collect_metrics(metrics_dir, METHODS, ["chexpert", "siim"])
-    training = {"base": {"trained": False, "steps": 0},
-                "ace_lora": {"trained": True, "val_metric": "zeroshot/nih14/auroc", "val_best": 0.61234}}
+    training = {
+        "base": {"trained": False, "steps": 0},
+        "ace_lora": {"trained": True, "val_metric": "zeroshot/nih14/auroc", "val_best": 0.61234},
+    }
     summary = summary_metrics(headline_table(df, METHODS), METHODS, training)
     assert list(summary) == [f"{m}/{b}" for m in METHODS for b in ("chexpert_acc", "siim_auc", "siim_seg_dice")] + [
-        "ace_lora/val_nih14_auc"]
+        "ace_lora/val_nih14_auc"
+    ]
     assert summary["ace_lora/chexpert_acc"] == 50.0 and summary["ace_lora/val_nih14_auc"] == 61.23
     assert summary["base/siim_seg_dice"] == 40.0  # zero-shot grounding, not a data-efficient head
     assert max(map(len, summary)) <= 28
 
 
 def test_write_report_without_results(tmp_path):
-    summary = write_report(collect_metrics(tmp_path, [], []), [], tmp_path / "b.md", tmp_path / "b.csv",
-                           tmp_path / "s.json")
+    summary = write_report(
+        collect_metrics(tmp_path, [], []), [], tmp_path / "b.md", tmp_path / "b.csv", tmp_path / "s.json"
+    )
     assert "| paper (reported, zero-shot) |" in (tmp_path / "b.md").read_text() and summary == {}
 
 
@@ -148,10 +174,15 @@ def test_macro_roc():
 
 def _evaluation(folder: Path, k: int) -> None:
     folder.mkdir(parents=True)
-    roc = pd.DataFrame({"class": ["x"] * 3 + ["y"] * 3, "fpr": [0, 0.2, 1] * 2, "tpr": [0, 0.7 + 0.1 * k, 1] * 2,
-                        "threshold": [1, 0.5, 0] * 2})
-    confusion = pd.DataFrame({"actual": ["x", "x", "y", "y"], "predicted": ["x", "y", "x", "y"],
-                              "count": [3, 1, 2, 4]})
+    roc = pd.DataFrame(
+        {
+            "class": ["x"] * 3 + ["y"] * 3,
+            "fpr": [0, 0.2, 1] * 2,
+            "tpr": [0, 0.7 + 0.1 * k, 1] * 2,
+            "threshold": [1, 0.5, 0] * 2,
+        }
+    )
+    confusion = pd.DataFrame({"actual": ["x", "x", "y", "y"], "predicted": ["x", "y", "x", "y"], "count": [3, 1, 2, 4]})
     write_plot_csvs({"roc": roc, "confusion": confusion}, folder, prefix="chexpert5x200_")
     image = np.random.default_rng(k).random((32, 32))
     mask = np.zeros((32, 32), bool)
@@ -185,8 +216,7 @@ def test_plot_data_and_figures(metrics_dir, tmp_path):
     table = headline_table(collect_metrics(metrics_dir, METHODS, ["chexpert", "siim"]), METHODS)
     counts = write_figures(table, METHODS, dirs, logs, tmp_path / "report")
     report = tmp_path / "report"
-    assert counts == {"charts": 3, "confusion": 1, "overlays": 2 * len(METHODS), "roc": 1, "tables": 1,
-                      "training": 1}
+    assert counts == {"charts": 3, "confusion": 1, "overlays": 2 * len(METHODS), "roc": 1, "tables": 1, "training": 1}
     assert sorted(p.name for p in (report / "charts").iterdir()) == ["chexpert5x200.png", "siim.png", "siim_seg.png"]
     overlays = sorted(p.name for p in (report / "overlays").iterdir())
     assert "siim_seg_grounding_ace_lora_000.png" in overlays and not any("dataeff_1pct" in n for n in overlays)
@@ -206,8 +236,10 @@ def test_overlays_have_colour_bar_legend_and_short_title(tmp_path):
     image = np.random.rand(32, 32)
     mask = np.zeros((32, 32), bool)
     mask[8:16, 8:16] = True
-    figures = [draw_segmentation_overlay(image, image, mask, mask, title="siim_seg test #0"),
-               draw_detection_overlay(image, image, [[1, 1, 10, 10]], np.zeros((0, 4)), title="rsna_det test #0")]
+    figures = [
+        draw_segmentation_overlay(image, image, mask, mask, title="siim_seg test #0"),
+        draw_detection_overlay(image, image, [[1, 1, 10, 10]], np.zeros((0, 4)), title="rsna_det test #0"),
+    ]
     for fig in figures:
         main, bar = fig.axes  # the image and its colour bar
         assert "similarity" in bar.get_ylabel()
@@ -268,9 +300,12 @@ def test_dvc_plots_and_metrics_render(metrics_dir, tmp_path):
     shown = json.loads(run(sys.executable, "-m", "dvc", "plots", "show", "--json"))
     ids = set(shown["data"]) if "data" in shown else set(shown)
     for method in METHODS:
-        for expected in (f"results/plots/roc/{method}/chexpert5x200.csv",
-                         f"results/plots/confusion/{method}/chexpert5x200.csv",
-                         f"results/plots/train/{method}.csv", f"results/plots/train/{method}_val.csv"):
+        for expected in (
+            f"results/plots/roc/{method}/chexpert5x200.csv",
+            f"results/plots/confusion/{method}/chexpert5x200.csv",
+            f"results/plots/train/{method}.csv",
+            f"results/plots/train/{method}_val.csv",
+        ):
             assert any(expected in i for i in ids), (expected, sorted(ids))
     metrics = json.loads(run(sys.executable, "-m", "dvc", "metrics", "show", "--json"))
     keys = {k for rev in metrics.values() for f in rev.get("data", {}).values() for k in f.get("data", {})}

@@ -29,18 +29,36 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_params(tmp_path: Path, method: dict | None = None, **train) -> Params:
-    cfg = {"epochs": 3, "batch_size": 8, "lr": 0.01, "warmup_epochs": 1.0, "validation": "mimic", "log_every": 1,
-           "checkpoint_every": 2, "seed": 3}
+    cfg = {
+        "epochs": 3,
+        "batch_size": 8,
+        "lr": 0.01,
+        "warmup_epochs": 1.0,
+        "validation": "mimic",
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "seed": 3,
+    }
     cfg.update(train)
-    return build(Params, {"paths": {"raw": str(tmp_path / "raw"), "processed": str(tmp_path / "processed"),
-                                    "results": str(tmp_path / "results")},
-                          "methods": {"m": method or {}}, "train": cfg})
+    return build(
+        Params,
+        {
+            "paths": {
+                "raw": str(tmp_path / "raw"),
+                "processed": str(tmp_path / "processed"),
+                "results": str(tmp_path / "results"),
+            },
+            "methods": {"m": method or {}},
+            "train": cfg,
+        },
+    )
 
 
 @pytest.fixture
 def fakes(monkeypatch):
     def install(**kw):
         train_fakes.install(T, patch=monkeypatch.setattr, **kw)
+
     install()
     return install
 
@@ -59,16 +77,19 @@ def load_ckpt(out: Path, checkpoints: Path | None = None) -> dict:
 # ------------------------------------------------------------------------------------------ schedule
 
 
-@pytest.mark.parametrize("step, expected", [
-    (0, 1 / 10),          # warm-up start: the first step already moves
-    (4, 5 / 10),
-    (9, 1.0),             # peak at the end of warm-up
-    (10, 1.0),            # cosine starts at 1
-    (60, 0.5),            # cosine midpoint: (110 - 10) / 2 after the warm-up
-    (85, 0.5 * (1 + math.cos(math.pi * 0.75))),
-    (110, 0.0),           # end = 0
-    (200, 0.0),
-])
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 1 / 10),  # warm-up start: the first step already moves
+        (4, 5 / 10),
+        (9, 1.0),  # peak at the end of warm-up
+        (10, 1.0),  # cosine starts at 1
+        (60, 0.5),  # cosine midpoint: (110 - 10) / 2 after the warm-up
+        (85, 0.5 * (1 + math.cos(math.pi * 0.75))),
+        (110, 0.0),  # end = 0
+        (200, 0.0),
+    ],
+)
 def test_lr_factor_known_steps(step, expected):
     assert T.lr_factor(step, 10, 110) == pytest.approx(expected, abs=1e-12)
 
@@ -120,7 +141,7 @@ def test_ranks_cover_the_single_process_global_batches():
     single = _order(n, 1, 0, 7, 2)
     r0, r1 = _order(n, 2, 0, 7, 2), _order(n, 2, 1, 7, 2)
     for k in range(n // (2 * b)):
-        assert sorted(r0[k * b:(k + 1) * b] + r1[k * b:(k + 1) * b]) == sorted(single[2 * b * k:2 * b * (k + 1)])
+        assert sorted(r0[k * b : (k + 1) * b] + r1[k * b : (k + 1) * b]) == sorted(single[2 * b * k : 2 * b * (k + 1)])
 
 
 def test_sampler_start_skips_consumed_indices():
@@ -172,8 +193,14 @@ def test_train_writes_outputs_and_selects_on_validation(tmp_path, fakes):
     ckpt = load_ckpt(out)
     assert set(ckpt) >= {"trainable", "optimizer", "scheduler", "scaler", "rng", "state"}
     assert ckpt["state"]["step"] == 18 and ckpt["state"]["epoch"] == 3 and ckpt["state"]["batch_in_epoch"] == 0
-    assert set(ckpt["trainable"]) == {"lora_a_image", "lora_b_image", "lora_a_text", "lora_b_text", "hgnn_mix",
-                                      "logit_scale"}
+    assert set(ckpt["trainable"]) == {
+        "lora_a_image",
+        "lora_b_image",
+        "lora_a_text",
+        "lora_b_text",
+        "hgnn_mix",
+        "logit_scale",
+    }
 
 
 def test_log_lines_off_a_terminal(tmp_path, fakes, caplog):
@@ -220,9 +247,17 @@ def test_resume_restores_adapter_deleted_by_pipeline(tmp_path, fakes):
     out, ckpts = tmp_path / "train" / "m", tmp_path / "checkpoints" / "m"
     T.train(params, "m", out, checkpoint_dir=ckpts, stop_after=9)
     import shutil
+
     shutil.rmtree(out)  # DVC / Snakemake remove a stage's outputs before re-running it
-    T.train(params, "m", out, resume=True, checkpoint_dir=ckpts, log_path=tmp_path / "plots" / "m.csv",
-            metrics_path=tmp_path / "metrics" / "m.json")
+    T.train(
+        params,
+        "m",
+        out,
+        resume=True,
+        checkpoint_dir=ckpts,
+        log_path=tmp_path / "plots" / "m.csv",
+        metrics_path=tmp_path / "metrics" / "m.json",
+    )
     assert (out / "adapter" / "adapter.pt").is_file() and (tmp_path / "metrics" / "m.json").is_file()
     assert (tmp_path / "plots" / "m_val.csv").is_file()
     (run,) = run_dirs(ckpts)
@@ -296,8 +331,7 @@ def test_parameter_change_trains_anew_and_identical_rerun_reuses(tmp_path, fakes
         for name in ("adapter", "log.csv", "log_val.csv", "metrics.json"):  # what the engines delete
             target = out / name
             target.unlink() if target.is_file() else __import__("shutil").rmtree(target)
-        T.train(make_params(tmp_path, epochs=1, log_every=5, checkpoint_every=3, keep_runs=2), "m", out,
-                resume=True)
+        T.train(make_params(tmp_path, epochs=1, log_every=5, checkpoint_every=3, keep_runs=2), "m", out, resume=True)
     assert f"reusing finished run {metrics['run']}" in caplog.text
     assert adapter_bytes(out) == first and json.loads((out / "metrics.json").read_text()) == metrics
     assert [(out / n).read_text() for n in ("log.csv", "log_val.csv")] == logs
@@ -327,8 +361,9 @@ def test_identity_covers_inputs_and_code_not_logging(tmp_path):
 
     def fingerprint(**train):
         params = make_params(tmp_path, **train)
-        return T.plan_run(T.run_identity(params, "m", *resolve_method(params, "m")[1:], 1, False),
-                          tmp_path / "ck", resume=True).fingerprint
+        return T.plan_run(
+            T.run_identity(params, "m", *resolve_method(params, "m")[1:], 1, False), tmp_path / "ck", resume=True
+        ).fingerprint
 
     base = fingerprint()
     assert fingerprint(log_every=7, checkpoint_every=9, num_workers=2, keep_runs=5) == base
@@ -356,14 +391,26 @@ def test_import_closure_follows_function_local_and_relative_imports(tmp_path):
     from ace_lora import provenance as P
 
     pkg = tmp_path / "ace_lora"
-    files = {"__init__.py": "", "a.py": "import os\n\ndef f():\n    from ace_lora.b import x\n",
-             "b.py": "from .sub import c\n", "sub/__init__.py": "", "sub/c.py": "from ..d import y\n",
-             "d.py": "", "unused.py": ""}
+    files = {
+        "__init__.py": "",
+        "a.py": "import os\n\ndef f():\n    from ace_lora.b import x\n",
+        "b.py": "from .sub import c\n",
+        "sub/__init__.py": "",
+        "sub/c.py": "from ..d import y\n",
+        "d.py": "",
+        "unused.py": "",
+    }
     for name, text in files.items():
         (pkg / name).parent.mkdir(parents=True, exist_ok=True)
         (pkg / name).write_text(text)
     assert P.import_closure(["ace_lora.a"], root=pkg) == [
-        "ace_lora", "ace_lora.a", "ace_lora.b", "ace_lora.d", "ace_lora.sub", "ace_lora.sub.c"]
+        "ace_lora",
+        "ace_lora.a",
+        "ace_lora.b",
+        "ace_lora.d",
+        "ace_lora.sub",
+        "ace_lora.sub.c",
+    ]
     closure = P.import_closure(T.CODE_ROOTS)
     assert "ace_lora.eval.zeroshot" in closure  # imported inside make_validator only
     assert "ace_lora.provenance" in closure and "ace_lora.models.lora" in closure
@@ -404,8 +451,10 @@ def test_real_export_untrained_and_supplied_adapter(tiny_data, tmp_path):
     from ace_lora.config import resolve_method
     from ace_lora.models import build_model, load_adapter
 
-    params = real_params(tiny_data, methods={"base": {"train": False},
-                                             "copy": {"train": False, "adapter": str(tmp_path / "base" / "adapter")}})
+    params = real_params(
+        tiny_data,
+        methods={"base": {"train": False}, "copy": {"train": False, "adapter": str(tmp_path / "base" / "adapter")}},
+    )
     T.train(params, "base", tmp_path / "base")
     T.train(params, "copy", tmp_path / "copy")
     untrained = build_model(*resolve_method(params, "base")[1:]).adapter_state_dict()
@@ -414,8 +463,11 @@ def test_real_export_untrained_and_supplied_adapter(tiny_data, tmp_path):
         assert set(loaded) == set(untrained) and all(torch.equal(loaded[k], untrained[k]) for k in loaded)
         assert json.loads((tmp_path / d / "metrics.json").read_text())["trained"] is False
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        T.train(real_params(tiny_data, methods={"x": {"train": False, "adapter": str(tmp_path / "nope")}}), "x",
-                tmp_path / "x")
+        T.train(
+            real_params(tiny_data, methods={"x": {"train": False, "adapter": str(tmp_path / "nope")}}),
+            "x",
+            tmp_path / "x",
+        )
 
 
 def test_real_missing_training_data_fails_early(tiny_data, tmp_path):
@@ -433,8 +485,17 @@ def test_demo_training_raises_validation_metric(tmp_path):
     """README, "What the demo shows": on the demo-like data a short run beats the untrained model on the validation
     benchmark."""
     base = prepare_tiny_data(tmp_path / "demo", n_train=2000, n_per_class=60)
-    params = real_params(base, lora={"dropout": 0.0}, batch_size=64, epochs=10, max_steps=300, warmup_epochs=0.5,
-                         validate_every=100, checkpoint_every=1000, log_every=50)
+    params = real_params(
+        base,
+        lora={"dropout": 0.0},
+        batch_size=64,
+        epochs=10,
+        max_steps=300,
+        warmup_epochs=0.5,
+        validate_every=100,
+        checkpoint_every=1000,
+        log_every=50,
+    )
     T.train(params, "ace", tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["val_best"] > metrics["val_initial"] + 0.05, metrics
@@ -453,22 +514,37 @@ def write_params_file(path: Path, params: Params) -> Path:
 
 
 def cli_train(params_file: Path, method: str = "ace") -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "ace_lora", "--params", str(params_file), "train", method,
-                             "--resume"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "ace_lora", "--params", str(params_file), "train", method, "--resume"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def stage_outputs(results: Path) -> dict:
     """Adapter files, logs (timings dropped) and metrics (timings dropped) of the stage for method ``ace``."""
+
     def rows(name: str) -> list[dict]:
         rows = read_csv(results / "plots" / "train" / name)
         return [{k: v for k, v in r.items() if k != "pairs_per_s"} for r in rows]
 
     metrics = json.loads((results / "metrics" / "train" / "ace.json").read_text())
-    return {"adapter": {p.name: p.read_bytes() for p in (results / "train" / "ace" / "adapter").iterdir()},
-            "log": rows("ace.csv"), "val": rows("ace_val.csv"),
-            "metrics": {k: v for k, v in metrics.items() if k not in ("train_time_s", "pairs_per_s")}}
+    return {
+        "adapter": {p.name: p.read_bytes() for p in (results / "train" / "ace" / "adapter").iterdir()},
+        "log": rows("ace.csv"),
+        "val": rows("ace_val.csv"),
+        "metrics": {k: v for k, v in metrics.items() if k not in ("train_time_s", "pairs_per_s")},
+    }
 
 
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tiny_data, tmp_path):

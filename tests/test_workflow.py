@@ -44,8 +44,11 @@ with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
 def _snakemake_jobs(cwd: Path) -> dict[str, tuple[frozenset, frozenset]]:
     """Every job of Snakemake's DAG: shell command -> (inputs, outputs)."""
     jobs = json.loads(run_command([sys.executable, "-c", _SNAKEMAKE_DAG], cwd).stdout.strip().splitlines()[-1])
-    return {_strip_redirect(job["shell"]): (frozenset(job["input"]), frozenset(job["output"]))
-            for job in jobs if job["shell"]}  # the `all` target runs no command
+    return {
+        _strip_redirect(job["shell"]): (frozenset(job["input"]), frozenset(job["output"]))
+        for job in jobs
+        if job["shell"]
+    }  # the `all` target runs no command
 
 
 def _dvc_stages(cwd: Path) -> dict[str, tuple[frozenset, frozenset, frozenset, str]]:
@@ -91,9 +94,14 @@ def test_snakemake_and_dvc_declare_the_same_dag():
 
 # The outputs of each stage command as ace_lora.cli.stage_paths names them; the report also writes the two plot
 # folders of write_plot_data under stage_paths' "plots".
-STAGE_OUTPUTS = {"fetch": ["fetched"], "prepare": ["processed"], "prompts": ["prompts"],
-                 "train": ["train", "train_metrics", "train_log", "train_val_log"], "evaluate": ["evaluate", "metrics"],
-                 "report": ["report_md", "report_csv", "summary", "report_dir"]}
+STAGE_OUTPUTS = {
+    "fetch": ["fetched"],
+    "prepare": ["processed"],
+    "prompts": ["prompts"],
+    "train": ["train", "train_metrics", "train_log", "train_val_log"],
+    "evaluate": ["evaluate", "metrics"],
+    "report": ["report_md", "report_csv", "summary", "report_dir"],
+}
 REPORT_PLOTS = ("roc", "confusion")
 
 
@@ -116,8 +124,7 @@ def test_dag_outputs_are_the_cli_stage_paths(tmp_path):
     defaults too."""
     from ace_lora.config import load_params
 
-    project = project_copy(tmp_path, {"paths": {"raw": "store/raw", "processed": "store/prepared",
-                                                 "results": "out"}})
+    project = project_copy(tmp_path, {"paths": {"raw": "store/raw", "processed": "store/prepared", "results": "out"}})
     params = load_params(project / "params.yaml")
     snake, dvc = _snakemake_jobs(project), _dvc_stages(project)
     assert set(snake) == set(dvc), f"commands differ: {set(snake) ^ set(dvc)}"
@@ -148,8 +155,11 @@ def test_dag_covers_every_method_and_dataset():
 
 
 def test_schema_file_is_generated_from_the_config():
-    proc = run_command([sys.executable, "-m", "ace_lora", "schema", "--check", "workflow/schemas/params.schema.json"],
-                       ROOT, check=False)
+    proc = run_command(
+        [sys.executable, "-m", "ace_lora", "schema", "--check", "workflow/schemas/params.schema.json"],
+        ROOT,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -222,14 +232,19 @@ def test_snakemake_rerun_does_nothing_and_param_change_reruns_only_dependants(sn
 
 
 def test_dvc_repro_demo_then_metrics_diff(tmp_path):
-    override = merge_params(SMALL, {"methods": {"base": {"train": False, "lora": {"enabled": False},
-                                                   "hgnn": {"towers": "none"}}, "ace_lora": {}}})
+    override = merge_params(
+        SMALL,
+        {"methods": {"base": {"train": False, "lora": {"enabled": False}, "hgnn": {"towers": "none"}}, "ace_lora": {}}},
+    )
     project = project_copy(tmp_path, override)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["methods"] = override["methods"]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "demo"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "demo"],
+    ):
         run_command(cmd, project)
     run_command(["dvc", "repro"], project)
     assert (project / "results/benchmarks.md").is_file()
@@ -295,8 +310,10 @@ def test_snakemake_training_param_change_retrains_and_identical_rerun_does_nothi
     target = "results/metrics/evaluate/ace_lora/chexpert.json"
     before_train = (snakemake_demo / "results/metrics/train/ace_lora.json").read_text()
     before_eval = (snakemake_demo / target).read_text()
-    assert "Nothing to be done" in run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "2", target],
-                                                snakemake_demo).stdout
+    assert (
+        "Nothing to be done"
+        in run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "2", target], snakemake_demo).stdout
+    )
     params["train"]["lr"] = params["train"]["lr"] * 3
     _write_params(snakemake_demo, params)
     run_command([sys.executable, "-m", "snakemake", "--cores", "2", target], snakemake_demo)
@@ -310,8 +327,9 @@ def test_snakemake_removed_method_leaves_the_report(snakemake_demo):
     params = _small_params()
     del params["methods"]["lora_only"]
     _write_params(snakemake_demo, params)
-    dry = run_command([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "results/benchmarks.md"],
-                      snakemake_demo)
+    dry = run_command(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "results/benchmarks.md"], snakemake_demo
+    )
     assert "report" in set(re.findall(r"^rule (\w+):", dry.stdout, re.M))
     run_command([sys.executable, "-m", "ace_lora", "report"], snakemake_demo)  # the report job's command
     table = (snakemake_demo / "results/benchmarks.md").read_text()

@@ -53,15 +53,17 @@ def test_token_average_passes_averaged_nodes_through_text_global():
         return original(nodes, prior, node_mask)
 
     model.text_global = spy
-    common.build_zero_shot_classifier(model, {"edema": ["edema", "edema x", "edema y"]}, ["edema"],
-                                        ensemble="token_average")
+    common.build_zero_shot_classifier(
+        model, {"edema": ["edema", "edema x", "edema y"]}, ["edema"], ensemble="token_average"
+    )
     assert seen["shape"] == (1, 6, model.dim)  # one averaged sequence, not three
 
 
 def test_missing_class_names_class_and_file():
     with pytest.raises(KeyError, match=r"'edema'.*prompts\.json"):
-        common.build_zero_shot_classifier(FakeModel(), {"normal": ["normal"]}, ["normal", "edema"],
-                                            source="results/prompts.json")
+        common.build_zero_shot_classifier(
+            FakeModel(), {"normal": ["normal"]}, ["normal", "edema"], source="results/prompts.json"
+        )
     with pytest.raises(ValueError, match="ensemble"):
         common.build_zero_shot_classifier(FakeModel(), {"normal": ["normal"]}, ["normal"], ensemble="max")
 
@@ -70,8 +72,9 @@ def test_multiclass_perfect_model_scores_100_percent(tmp_path):
     labels = [c for c in CLASSES for _ in range(5)]
     manifest = write_images(tmp_path, labels)
     spec = FakeSpec("chexpert5x200", "multiclass", CLASSES)
-    metrics, artifacts, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path, prompts_for(CLASSES),
-                                                     CFG, "cpu")
+    metrics, artifacts, _ = zeroshot.evaluate_benchmark(
+        FakeModel(), spec, manifest, tmp_path, prompts_for(CLASSES), CFG, "cpu"
+    )
     p = "zeroshot/chexpert5x200"
     assert metrics[f"{p}/n_images"] == 20
     assert all(type(v) in (int, float) for v in metrics.values())  # plain JSON numbers
@@ -96,14 +99,16 @@ def test_binary_auroc_uses_positive_class(tmp_path):
     labels = ["normal"] * 6 + ["pneumothorax"] * 4
     manifest = write_images(tmp_path, labels)
     spec = FakeSpec("siim", "binary", ["normal", "pneumothorax"])
-    metrics, artifacts, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path,
-                                                     prompts_for(spec.classes), CFG, "cpu")
+    metrics, artifacts, _ = zeroshot.evaluate_benchmark(
+        FakeModel(), spec, manifest, tmp_path, prompts_for(spec.classes), CFG, "cpu"
+    )
     assert metrics["zeroshot/siim/auroc"] == pytest.approx(1.0)
     assert metrics["zeroshot/siim/accuracy"] == pytest.approx(1.0)
     assert set(artifacts["roc"]["class"]) == {"pneumothorax"}
     # the bootstrap can be switched off: no CI keys
-    metrics, _, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path, prompts_for(spec.classes),
-                                             dataclasses.replace(CFG, bootstrap=0), "cpu")
+    metrics, _, _ = zeroshot.evaluate_benchmark(
+        FakeModel(), spec, manifest, tmp_path, prompts_for(spec.classes), dataclasses.replace(CFG, bootstrap=0), "cpu"
+    )
     assert "zeroshot/siim/auroc_ci_low" not in metrics
 
 
@@ -115,8 +120,9 @@ def test_multilabel_scores_each_finding_against_no_finding(tmp_path):
         manifest[f] = (manifest["label"] == f).astype(int)
     manifest = manifest.drop(columns="label")
     spec = FakeSpec("nih14", "multilabel", findings)
-    metrics, artifacts, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest, tmp_path,
-                                                     prompts_for(findings + ["No Finding"]), CFG, "cpu")
+    metrics, artifacts, _ = zeroshot.evaluate_benchmark(
+        FakeModel(), spec, manifest, tmp_path, prompts_for(findings + ["No Finding"]), CFG, "cpu"
+    )
     assert metrics["zeroshot/nih14/auroc"] == pytest.approx(1.0)
     assert metrics["zeroshot/nih14/auroc_edema"] == pytest.approx(1.0)
     assert {"predictions", "roc"} <= set(artifacts)
@@ -128,8 +134,9 @@ def test_multilabel_with_no_finding_as_a_label(tmp_path):
     for f in ("edema", "effusion", "No Finding"):
         manifest[f] = (manifest["label"] == f).astype(int)
     spec = FakeSpec("mimic", "multilabel", ["edema", "No Finding", "effusion"])
-    metrics, _, _ = zeroshot.evaluate_benchmark(FakeModel(), spec, manifest.drop(columns="label"), tmp_path,
-                                             prompts_for(spec.classes), CFG, "cpu")
+    metrics, _, _ = zeroshot.evaluate_benchmark(
+        FakeModel(), spec, manifest.drop(columns="label"), tmp_path, prompts_for(spec.classes), CFG, "cpu"
+    )
     assert metrics["zeroshot/mimic/auroc_no_finding"] == pytest.approx(1.0)
     assert metrics["zeroshot/mimic/auroc"] == pytest.approx(1.0)
 
@@ -137,15 +144,30 @@ def test_multilabel_with_no_finding_as_a_label(tmp_path):
 def test_clear_errors(tmp_path):
     spec = FakeSpec("mhist", "multiclass", ["hyperplastic polyp", "sessile serrated adenoma"])
     with pytest.raises(ValueError, match="mhist.*empty"):
-        zeroshot.evaluate_benchmark(FakeModel(), spec, pd.DataFrame(columns=["image", "label"]), tmp_path, {}, CFG,
-                                    "cpu")
+        zeroshot.evaluate_benchmark(
+            FakeModel(), spec, pd.DataFrame(columns=["image", "label"]), tmp_path, {}, CFG, "cpu"
+        )
     manifest = write_images(tmp_path, ["normal", "edema"])
     with pytest.raises(ValueError, match="not among the benchmark classes"):
-        zeroshot.evaluate_benchmark(FakeModel(), FakeSpec("x", "multiclass", ["normal"]), manifest, tmp_path,
-                                    prompts_for(["normal"]), CFG, "cpu")
+        zeroshot.evaluate_benchmark(
+            FakeModel(),
+            FakeSpec("x", "multiclass", ["normal"]),
+            manifest,
+            tmp_path,
+            prompts_for(["normal"]),
+            CFG,
+            "cpu",
+        )
     with pytest.raises(KeyError, match="'edema'"):
-        zeroshot.evaluate_benchmark(FakeModel(), FakeSpec("x", "multiclass", ["normal", "edema"]), manifest,
-                                    tmp_path, prompts_for(["normal"]), CFG, "cpu")
+        zeroshot.evaluate_benchmark(
+            FakeModel(),
+            FakeSpec("x", "multiclass", ["normal", "edema"]),
+            manifest,
+            tmp_path,
+            prompts_for(["normal"]),
+            CFG,
+            "cpu",
+        )
 
 
 # ------------------------------------------------------------------------------ the real tiny model
@@ -163,8 +185,9 @@ def test_smoke_real_tiny_model(tmp_path, ensemble):
         rows.append({"image": path, "split": "test", "label": CLASSES[i % 3]})
     spec = FakeSpec("chexpert5x200", "multiclass", CLASSES[:3])
     cfg = dataclasses.replace(CFG, ensemble=ensemble)
-    metrics, artifacts, _ = zeroshot.evaluate_benchmark(model, spec, pd.DataFrame(rows), tmp_path,
-                                                     prompts_for(CLASSES[:3]), cfg, "cpu")
+    metrics, artifacts, _ = zeroshot.evaluate_benchmark(
+        model, spec, pd.DataFrame(rows), tmp_path, prompts_for(CLASSES[:3]), cfg, "cpu"
+    )
     for name in ("accuracy", "balanced_accuracy", "auroc", "f1"):
         assert 0.0 <= metrics[f"zeroshot/chexpert5x200/{name}"] <= 1.0
     probs = artifacts["predictions"].filter(like="prob_").to_numpy()
@@ -183,8 +206,10 @@ def test_precision_bf16_autocasts_on_cpu(tmp_path):
         rows.append({"image": f"images/{i}.png", "split": "test", "label": CLASSES[i % 2]})
     manifest = pd.DataFrame(rows)
     images = {p: zeroshot.embed_images(model, manifest, tmp_path, 4, precision=p) for p in ("fp32", "bf16", "auto")}
-    classes = {p: common.build_zero_shot_classifier(model, prompts_for(CLASSES[:2]), CLASSES[:2], precision=p)
-               for p in ("fp32", "bf16")}
+    classes = {
+        p: common.build_zero_shot_classifier(model, prompts_for(CLASSES[:2]), CLASSES[:2], precision=p)
+        for p in ("fp32", "bf16")
+    }
     assert torch.equal(images["auto"], images["fp32"])  # auto = fp32 on CPU
     for got in (images, classes):
         assert not torch.equal(got["bf16"], got["fp32"])

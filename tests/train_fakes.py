@@ -28,7 +28,7 @@ class FakeModel(nn.Module):
         self.image_tower = nn.Linear(pixels, dim)
         self.text_tower = nn.Embedding(vocab, dim)
         with torch.no_grad():
-            self.image_tower.weight.copy_(torch.randn(dim, pixels, generator=g) / pixels ** 0.5)
+            self.image_tower.weight.copy_(torch.randn(dim, pixels, generator=g) / pixels**0.5)
             self.text_tower.weight.copy_(torch.randn(vocab, dim, generator=g))
         for p in [*self.image_tower.parameters(), *self.text_tower.parameters()]:
             p.requires_grad_(False)
@@ -96,8 +96,12 @@ class FakePairs(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return {"image": self.images[i], "input_ids": self.ids[i], "attention_mask": self.mask[i],
-                "labels": self.labels[i]}
+        return {
+            "image": self.images[i],
+            "input_ids": self.ids[i],
+            "attention_mask": self.mask[i],
+            "labels": self.labels[i],
+        }
 
 
 def install(train_module, n_train: int = 48, n_val: int = 24, dropout: float = 0.0, patch=None) -> None:

@@ -30,12 +30,28 @@ def prepare_tiny_data(base: Path, n_train: int = 32, n_per_class: int = 8) -> Pa
 
 
 def real_params(base: Path, lora: dict | None = None, methods: dict | None = None, **train) -> Params:
-    cfg = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 0.5, "validation": "nih14", "log_every": 1,
-           "checkpoint_every": 2, "seed": 1}
+    cfg = {
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "warmup_epochs": 0.5,
+        "validation": "nih14",
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "seed": 1,
+    }
     cfg.update(train)
-    return build(Params, {
-        "paths": {"raw": str(base / "raw"), "processed": str(base / "processed"), "results": str(base / "results")},
-        "model": {"preset": "tiny", "tokenizer": str(base / "tokenizer"),
-                  "lora": {"alpha": 8.0, "dropout": 0.1, **(lora or {})}},
-        "evaluate": {"batch_size": 32},
-        "methods": methods or {"ace": {}}, "train": cfg})
+    return build(
+        Params,
+        {
+            "paths": {"raw": str(base / "raw"), "processed": str(base / "processed"), "results": str(base / "results")},
+            "model": {
+                "preset": "tiny",
+                "tokenizer": str(base / "tokenizer"),
+                "lora": {"alpha": 8.0, "dropout": 0.1, **(lora or {})},
+            },
+            "evaluate": {"batch_size": 32},
+            "methods": methods or {"ace": {}},
+            "train": cfg,
+        },
+    )

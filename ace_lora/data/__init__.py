@@ -11,8 +11,15 @@ from ace_lora.registry import CHEXPERT_5X200_CLASSES, CHEXPERT_FINDINGS, DATASET
 
 DATASETS = DATASET_NAMES  # the data set names, in pipeline order
 
-__all__ = ["CHEXPERT_5X200_CLASSES", "CHEXPERT_FINDINGS", "DATASETS", "NIH_FINDINGS", "BadInputError",
-           "fetch_dataset", "prepare_dataset"]
+__all__ = [
+    "CHEXPERT_5X200_CLASSES",
+    "CHEXPERT_FINDINGS",
+    "DATASETS",
+    "NIH_FINDINGS",
+    "BadInputError",
+    "fetch_dataset",
+    "prepare_dataset",
+]
 
 
 def __getattr__(name: str):

@@ -18,8 +18,16 @@ from ace_lora.registry import BENCHMARKS, benchmarks_of
 #: A benchmark of the registry (the name the evaluation code uses for it).
 BenchmarkSpec = registry.Benchmark
 
-__all__ = ["BENCHMARKS", "BenchmarkError", "BenchmarkSpec", "benchmarks_of", "get_benchmark",
-           "load_benchmark", "load_boxes", "read_manifest"]
+__all__ = [
+    "BENCHMARKS",
+    "BenchmarkError",
+    "BenchmarkSpec",
+    "benchmarks_of",
+    "get_benchmark",
+    "load_benchmark",
+    "load_boxes",
+    "read_manifest",
+]
 
 
 class BenchmarkError(ValueError):
@@ -39,12 +47,17 @@ def read_manifest(dataset: str, processed_root: str | Path) -> pd.DataFrame:
     path = Path(processed_root) / dataset / "manifest.csv"
     if not path.is_file():
         raise BenchmarkError(f"{path}: prepared data not found; run `python -m ace_lora prepare {dataset}`")
-    return pd.read_csv(path, dtype={"patient_id": str, "study_id": str, "label": str},
-                       keep_default_na=False, na_values={"orig_width": [""], "orig_height": [""]})
+    return pd.read_csv(
+        path,
+        dtype={"patient_id": str, "study_id": str, "label": str},
+        keep_default_na=False,
+        na_values={"orig_width": [""], "orig_height": [""]},
+    )
 
 
-def load_benchmark(name: str, processed_root: str | Path, split: str | None = None
-                   ) -> tuple[BenchmarkSpec, pd.DataFrame]:
+def load_benchmark(
+    name: str, processed_root: str | Path, split: str | None = None
+) -> tuple[BenchmarkSpec, pd.DataFrame]:
     """(spec, manifest rows of the benchmark's split) — ``split`` overrides the spec's (e.g. ``train`` for
     the data-efficient segmentation/detection heads). The index is reset; ``image`` paths are relative to
     ``spec.root(processed_root)``."""
@@ -53,8 +66,10 @@ def load_benchmark(name: str, processed_root: str | Path, split: str | None = No
     path = spec.root(processed_root) / "manifest.csv"
     missing = [c for c in spec.columns if c not in manifest.columns]
     if missing:
-        raise BenchmarkError(f"{path}: missing column(s) {missing} needed by benchmark {name}; "
-                             f"re-run `python -m ace_lora prepare {spec.dataset}`")
+        raise BenchmarkError(
+            f"{path}: missing column(s) {missing} needed by benchmark {name}; "
+            f"re-run `python -m ace_lora prepare {spec.dataset}`"
+        )
     split = split or spec.split
     rows = manifest[manifest["split"] == split]
     for column, value in spec.filter.items():
@@ -62,9 +77,11 @@ def load_benchmark(name: str, processed_root: str | Path, split: str | None = No
     if spec.task in ("multiclass", "binary"):
         rows = rows[rows["label"].isin(spec.classes)]
     if rows.empty:
-        raise BenchmarkError(f"{path}: benchmark {name} has no rows in split {split!r}"
-                             + (f" with {dict(spec.filter)}" if spec.filter else "")
-                             + f" (splits present: {sorted(manifest['split'].unique())})")
+        raise BenchmarkError(
+            f"{path}: benchmark {name} has no rows in split {split!r}"
+            + (f" with {dict(spec.filter)}" if spec.filter else "")
+            + f" (splits present: {sorted(manifest['split'].unique())})"
+        )
     return spec, rows.reset_index(drop=True)
 
 

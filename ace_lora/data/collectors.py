@@ -56,14 +56,14 @@ class Item:
     """One image to decode: where it is, where it goes, and its manifest fields."""
 
     source: Path
-    image: str                       # relative output path, images/...png
+    image: str  # relative output path, images/...png
     fields: dict
-    mode: str = "L"                  # L: X-ray, RGB: histopathology
-    rles: list | None = None         # SIIM components (None: no mask column)
+    mode: str = "L"  # L: X-ray, RGB: histopathology
+    rles: list | None = None  # SIIM components (None: no mask column)
     rle_source: str = ""
     rle_rows: list = field(default_factory=list)
-    header_ids: bool = False         # take patient/study IDs from the DICOM header (SIIM)
-    square: bool = False             # cache at size x size (training pairs: the reference's one training resize)
+    header_ids: bool = False  # take patient/study IDs from the DICOM header (SIIM)
+    square: bool = False  # cache at size x size (training pairs: the reference's one training resize)
 
 
 @dataclass
@@ -88,14 +88,25 @@ class Issues:
         if self.mode != "skip":
             raise err
         path = Path(err.path)
-        shown = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(self.raw_dir))).as_posix() \
-            if within(self.raw_dir, path) else path.name
+        shown = (
+            Path(os.path.relpath(os.path.abspath(path), os.path.abspath(self.raw_dir))).as_posix()
+            if within(self.raw_dir, path)
+            else path.name
+        )
         reason = err.reason.replace(str(self.raw_dir), self.raw_dir.name)  # no machine path in the report
         self.skipped.append({"file": shown, "row": err.row, "kind": err.kind, "reason": reason})
         log.warning("skipped %s", err)
 
-    def lookup(self, files: dict[str, Path], key: str, table: Path, row: int | None, raw_dir: Path,
-               what: str = "image", shown: str | None = None) -> Path | None:
+    def lookup(
+        self,
+        files: dict[str, Path],
+        key: str,
+        table: Path,
+        row: int | None,
+        raw_dir: Path,
+        what: str = "image",
+        shown: str | None = None,
+    ) -> Path | None:
         """The file a table row names; ``None``, reported as bad input naming the table and row, when it is absent."""
         path = files.get(key)
         if path is None:
@@ -128,12 +139,12 @@ def find_table(raw_dir: Path, table: Table, max_depth: int = 3) -> Path:
         hits = sorted((p for p in found if p.name == name), key=lambda p: (len(p.parts), str(p)))
         if hits:
             return hits[0]
-    raise PrepareError(f"{raw_dir}: no {table.what} found (looked for {', '.join(table.names)} up to {max_depth} "
-                       "folders below it)")
+    raise PrepareError(
+        f"{raw_dir}: no {table.what} found (looked for {', '.join(table.names)} up to {max_depth} folders below it)"
+    )
 
 
-def index_files(raw_dir: Path, suffixes: set[str], key: Callable[[Path], str] = lambda p: p.stem
-                ) -> dict[str, Path]:
+def index_files(raw_dir: Path, suffixes: set[str], key: Callable[[Path], str] = lambda p: p.stem) -> dict[str, Path]:
     """Map key(file) -> path for every file with one of ``suffixes`` under ``raw_dir`` (first in sorted order wins)."""
     out: dict[str, Path] = {}
     for root, dirs, files in os.walk(raw_dir):
@@ -175,8 +186,13 @@ def collect_mimic(dataset: Dataset, raw_dir: Path, cfg: DataConfig, issues: Issu
         row = int(rec.row)
         split = dataset.split.names.get(str(rec.split).strip())
         if split is None:
-            issues(BadInputError(tables["metadata"], f"dicom_id {rec.dicom_id} has no official split "
-                                 f"(got {rec.split!r} in {tables['split'].name})", row))
+            issues(
+                BadInputError(
+                    tables["metadata"],
+                    f"dicom_id {rec.dicom_id} has no official split (got {rec.split!r} in {tables['split'].name})",
+                    row,
+                )
+            )
             continue
         source = issues.lookup(files, f"{rec.dicom_id}.jpg", tables["metadata"], row, raw_dir)
         if source is None:
@@ -188,13 +204,27 @@ def collect_mimic(dataset: Dataset, raw_dir: Path, cfg: DataConfig, issues: Issu
             texts[report] = _report_text(report)
         text = texts[report]
         if isinstance(text, tuple):  # every image of the study is reported (and counted when skipped)
-            issues(BadInputError(report, f"{text[1]} (image {rec.dicom_id}, {tables['metadata'].name} row {row})",
-                                 kind=text[0]))
+            issues(
+                BadInputError(
+                    report, f"{text[1]} (image {rec.dicom_id}, {tables['metadata'].name} row {row})", kind=text[0]
+                )
+            )
             continue
         labels = {c: int(rec[c]) for c in dataset.findings}
-        items.append(Item(source, f"images/{rec.dicom_id}.png",
-                          {"split": split, "patient_id": str(rec.subject_id), "study_id": str(rec.study_id),
-                           **labels, "text": text}, square=True))
+        items.append(
+            Item(
+                source,
+                f"images/{rec.dicom_id}.png",
+                {
+                    "split": split,
+                    "patient_id": str(rec.subject_id),
+                    "study_id": str(rec.study_id),
+                    **labels,
+                    "text": text,
+                },
+                square=True,
+            )
+        )
     return Collected(items, notes)
 
 
@@ -204,8 +234,10 @@ def _report_text(report: Path) -> str | tuple[str, str]:
         text = report_text(report.read_text(errors="replace"))
     except OSError as err:
         return ("unreadable", f"cannot read report ({err})")
-    return text or ("empty_report", "the report is empty (a training pair needs text); restore the file or drop "
-                    "the study")
+    return text or (
+        "empty_report",
+        "the report is empty (a training pair needs text); restore the file or drop the study",
+    )
 
 
 def collect_nih14(dataset: Dataset, raw_dir: Path, cfg: DataConfig, issues: Issues) -> Collected:
@@ -219,10 +251,13 @@ def collect_nih14(dataset: Dataset, raw_dir: Path, cfg: DataConfig, issues: Issu
     patient_of = lambda name: name.split("_")[0]  # noqa: E731
     while 0 < n_val < len(test_list) and patient_of(test_list[n_val]) == patient_of(test_list[n_val - 1]):
         n_val += 1
-    notes = {"test_list": len(test_list), "val_images": n_val,
-             "val_rule": f"first {dataset.split.fraction:.0%} of {test_path.name}, extended to the last patient's "
-                         "last image",
-             "train_val_list": "not cached (training uses MIMIC; NIH is validation only)"}
+    notes = {
+        "test_list": len(test_list),
+        "val_images": n_val,
+        "val_rule": f"first {dataset.split.fraction:.0%} of {test_path.name}, extended to the last patient's "
+        "last image",
+        "train_val_list": "not cached (training uses MIMIC; NIH is validation only)",
+    }
     images = index_files(raw_dir, _suffixes(dataset, "images"), key=lambda p: p.name)
     listed = set(read_table(table_path, ["Image Index"])["Image Index"].astype(str).str.strip())
     items = []
@@ -236,9 +271,18 @@ def collect_nih14(dataset: Dataset, raw_dir: Path, cfg: DataConfig, issues: Issu
         if source is None:
             continue
         rec = table.loc[name]
-        items.append(Item(source, f"images/{Path(name).stem}.png",
-                          {"split": "val" if line <= n_val else "test", "patient_id": str(rec["Patient ID"]),
-                           "study_id": Path(name).stem, **{c: int(rec[c]) for c in dataset.findings}}))
+        items.append(
+            Item(
+                source,
+                f"images/{Path(name).stem}.png",
+                {
+                    "split": "val" if line <= n_val else "test",
+                    "patient_id": str(rec["Patient ID"]),
+                    "study_id": Path(name).stem,
+                    **{c: int(rec[c]) for c in dataset.findings},
+                },
+            )
+        )
     return Collected(items, notes)
 
 
@@ -259,12 +303,18 @@ def collect_chexpert(dataset: Dataset, raw_dir: Path, cfg: DataConfig, issues: I
             candidates.append(table_path.parent / Path(*rel.parts[1:]))
         source = next((c for c in candidates if within(raw_dir, c) and c.is_file()), None)
         if source is None:
-            issues(BadInputError(table_path, f"image {rel} not found under {raw_dir}", int(rec.row),
-                                 kind="missing_file"))
+            issues(
+                BadInputError(table_path, f"image {rel} not found under {raw_dir}", int(rec.row), kind="missing_file")
+            )
             continue
         name = f"{rec.patient_id}_{Path(rec.study_id).name}_{rel.stem}"
-        items.append(Item(source, f"images/{name}.png", {"patient_id": rec.patient_id, "study_id": rec.study_id,
-                                                         "label": rec.label}))
+        items.append(
+            Item(
+                source,
+                f"images/{name}.png",
+                {"patient_id": rec.patient_id, "study_id": rec.study_id, "label": rec.label},
+            )
+        )
     return Collected(items, notes)
 
 
@@ -279,13 +329,22 @@ def collect_rsna(dataset: Dataset, raw_dir: Path, cfg: DataConfig, issues: Issue
     benchmark = get_benchmark("rsna")
     items = []
     for rec in patients.itertuples(index=False):
-        source = issues.lookup(images, rec.patientId, table_path, first_row.get(rec.patientId), raw_dir,
-                               shown=f"{rec.patientId}.dcm")
+        source = issues.lookup(
+            images, rec.patientId, table_path, first_row.get(rec.patientId), raw_dir, shown=f"{rec.patientId}.dcm"
+        )
         if source is None:
             continue
-        items.append(Item(source, f"images/{rec.patientId}.png",
-                          {"patient_id": rec.patientId, "study_id": rec.patientId,
-                           "label": benchmark.positive if rec.Target else benchmark.negative_class}))
+        items.append(
+            Item(
+                source,
+                f"images/{rec.patientId}.png",
+                {
+                    "patient_id": rec.patientId,
+                    "study_id": rec.patientId,
+                    "label": benchmark.positive if rec.Target else benchmark.negative_class,
+                },
+            )
+        )
     return Collected(items, notes, boxes)
 
 
@@ -293,16 +352,28 @@ def collect_siim(dataset: Dataset, raw_dir: Path, cfg: DataConfig, issues: Issue
     table_path = find_table(raw_dir, dataset.table("labels"))
     table = siim_image_table(read_siim_rle(table_path, on_bad=issues), source=table_path, on_bad=issues)
     images = index_files(raw_dir, _suffixes(dataset, "images"))
-    notes = {"rle_table": table_path.name, "images_in_table": int(len(table)),
-             "positive_in_table": int(table["positive"].sum()),
-             "dicoms_without_label_row": int(len(set(images) - set(table["ImageId"])))}
+    notes = {
+        "rle_table": table_path.name,
+        "images_in_table": int(len(table)),
+        "positive_in_table": int(table["positive"].sum()),
+        "dicoms_without_label_row": int(len(set(images) - set(table["ImageId"]))),
+    }
     items = []
     for rec in table.itertuples(index=False):
         source = issues.lookup(images, rec.ImageId, table_path, rec.rows[0], raw_dir, shown=f"{rec.ImageId}.dcm")
         if source is None:
             continue
-        items.append(Item(source, f"images/{rec.ImageId}.png", {"label": rec.label}, rles=list(rec.rles),
-                          rle_source=str(table_path), rle_rows=list(rec.rle_rows), header_ids=True))
+        items.append(
+            Item(
+                source,
+                f"images/{rec.ImageId}.png",
+                {"label": rec.label},
+                rles=list(rec.rles),
+                rle_source=str(table_path),
+                rle_rows=list(rec.rle_rows),
+                header_ids=True,
+            )
+        )
     return Collected(items, notes)
 
 
@@ -321,8 +392,11 @@ def collect_mhist(dataset: Dataset, raw_dir: Path, cfg: DataConfig, issues: Issu
         name, label = str(rec["Image Name"]).strip(), str(rec["Majority Vote Label"]).strip()
         part = str(rec["Partition"]).strip().lower()
         if label not in classes:
-            issues(BadInputError(table_path, f"Majority Vote Label must be one of {classes}, got {label!r}",
-                                 line, kind="bad_label"))
+            issues(
+                BadInputError(
+                    table_path, f"Majority Vote Label must be one of {classes}, got {label!r}", line, kind="bad_label"
+                )
+            )
             continue
         if part not in splits:
             issues(BadInputError(table_path, f"Partition must be {' or '.join(splits)}, got {part!r}", line))
@@ -331,8 +405,14 @@ def collect_mhist(dataset: Dataset, raw_dir: Path, cfg: DataConfig, issues: Issu
         if source is None:
             continue
         stem = Path(name).stem
-        items.append(Item(source, f"images/{stem}.png", {"split": splits[part], "patient_id": stem,
-                                                         "study_id": stem, "label": label}, mode="RGB"))
+        items.append(
+            Item(
+                source,
+                f"images/{stem}.png",
+                {"split": splits[part], "patient_id": stem, "study_id": stem, "label": label},
+                mode="RGB",
+            )
+        )
     return Collected(items)
 
 
@@ -345,26 +425,41 @@ def collect_lc25000(dataset: Dataset, raw_dir: Path, cfg: DataConfig, issues: Is
                 folders[d] = Path(root, d)
     missing = sorted(set(dataset.folders) - set(folders))
     if missing:
-        raise PrepareError(f"{raw_dir}: no LC25000 class folder(s) {missing} found "
-                           "(expected lung_colon_image_set/{lung,colon}_image_sets/<class>/*.jpeg)")
+        raise PrepareError(
+            f"{raw_dir}: no LC25000 class folder(s) {missing} found "
+            "(expected lung_colon_image_set/{lung,colon}_image_sets/<class>/*.jpeg)"
+        )
     items = []
     for label in dataset.folders:
         files = sorted(p for p in folders[label].iterdir() if p.suffix.lower() in IMAGE_SUFFIXES - {".dcm"})
         if not files:
             raise PrepareError(f"{folders[label]}: no images")
         for path in files:
-            items.append(Item(path, f"images/{label}/{path.stem}.png",
-                              {"patient_id": path.stem, "study_id": path.stem, "label": label,
-                               "organ": LC25000_CLASSES[label]}, mode="RGB"))
+            items.append(
+                Item(
+                    path,
+                    f"images/{label}/{path.stem}.png",
+                    {"patient_id": path.stem, "study_id": path.stem, "label": label, "organ": LC25000_CLASSES[label]},
+                    mode="RGB",
+                )
+            )
     return Collected(items)
 
 
 #: Registry data set name -> its collector.
 COLLECTORS: dict[str, Callable[[Dataset, Path, DataConfig, Issues], Collected]] = {
-    "mimic": collect_mimic, "nih14": collect_nih14, "chexpert": collect_chexpert, "rsna": collect_rsna,
-    "siim": collect_siim, "mhist": collect_mhist, "lc25000": collect_lc25000}
+    "mimic": collect_mimic,
+    "nih14": collect_nih14,
+    "chexpert": collect_chexpert,
+    "rsna": collect_rsna,
+    "siim": collect_siim,
+    "mhist": collect_mhist,
+    "lc25000": collect_lc25000,
+}
 
 if set(COLLECTORS) != set(DATASET_NAMES):
-    raise RegistryError(f"ace_lora/data/collectors.py: the collectors ({', '.join(COLLECTORS)}) do not match the "
-                        f"registry's data sets ({', '.join(DATASET_NAMES)}); add a collect_<name> function to "
-                        f"COLLECTORS for each data set declared in ace_lora/registry.py (and remove the others)")
+    raise RegistryError(
+        f"ace_lora/data/collectors.py: the collectors ({', '.join(COLLECTORS)}) do not match the "
+        f"registry's data sets ({', '.join(DATASET_NAMES)}); add a collect_<name> function to "
+        f"COLLECTORS for each data set declared in ace_lora/registry.py (and remove the others)"
+    )

@@ -49,9 +49,15 @@ class PairDataset(Dataset):
     Reports are tokenized once here (``tokenize(texts) -> (ids [B,L], mask [B,L])``), in chunks.
     """
 
-    def __init__(self, manifest: pd.DataFrame, root: str | Path, transform: Callable | None,
-                 tokenize: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
-                 label_columns: Sequence[str], chunk: int = 1024):
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        root: str | Path,
+        transform: Callable | None,
+        tokenize: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]],
+        label_columns: Sequence[str],
+        chunk: int = 1024,
+    ):
         missing = [c for c in ["image", "text", *label_columns] if c not in manifest.columns]
         if missing:
             raise ValueError(f"manifest lacks column(s) {missing} (columns: {list(manifest.columns)})")
@@ -59,7 +65,7 @@ class PairDataset(Dataset):
         texts = manifest["text"].fillna("").astype(str).tolist()
         ids, masks = [], []
         for start in range(0, len(texts), chunk):
-            i, m = tokenize(texts[start:start + chunk])
+            i, m = tokenize(texts[start : start + chunk])
             ids.append(torch.as_tensor(i)), masks.append(torch.as_tensor(m))
         # stored compactly (int32 ids, uint8 mask: ~1.3 kB per 256-token pair), returned as the tokenizer's dtypes
         self._dtypes = (ids[0].dtype, masks[0].dtype) if ids else (torch.long, torch.long)
@@ -72,5 +78,9 @@ class PairDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict:
-        return {"image": self.images[index]["image"], "input_ids": self.input_ids[index].to(self._dtypes[0]),
-                "attention_mask": self.attention_mask[index].to(self._dtypes[1]), "labels": self.labels[index]}
+        return {
+            "image": self.images[index]["image"],
+            "input_ids": self.input_ids[index].to(self._dtypes[0]),
+            "attention_mask": self.attention_mask[index].to(self._dtypes[1]),
+            "labels": self.labels[index],
+        }

@@ -42,8 +42,15 @@ from ace_lora.demo import FIXTURE_VERSION, write_fixture
 from ace_lora.io import atomic_dir, within
 from ace_lora.registry import DATASETS
 
-__all__ = ["FetchError", "DownloadError", "fetch_dataset", "verify_layout", "download", "fingerprint_files",
-           "redact_url"]
+__all__ = [
+    "FetchError",
+    "DownloadError",
+    "fetch_dataset",
+    "verify_layout",
+    "download",
+    "fingerprint_files",
+    "redact_url",
+]
 
 FIXTURE_MARKER = ".fixture.json"
 log = logging.getLogger(__name__)
@@ -97,8 +104,17 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def download(url: str, dest: str | Path, sha256: str | None = None, auth: tuple[str, str] | None = None,
-             *, retries: int = 5, chunk_size: int = 1 << 16, timeout: float = 60.0, progress: bool = True) -> Path:
+def download(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    auth: tuple[str, str] | None = None,
+    *,
+    retries: int = 5,
+    chunk_size: int = 1 << 16,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming with HTTP Range after interruptions.
 
     An existing complete ``dest`` (matching ``sha256`` when given) is kept. The ``.part`` file is renamed to
@@ -118,9 +134,11 @@ def download(url: str, dest: str | Path, sha256: str | None = None, auth: tuple[
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
             attempt += 1
             if attempt > retries:
-                raise DownloadError(f"{url}: download failed after {retries} retries ({err}); the partial file "
-                                    f"{part} is kept and the next run resumes it") from None  # no URL in a traceback
-            time.sleep(min(2.0 ** attempt, 30.0) * 0.05)
+                raise DownloadError(
+                    f"{url}: download failed after {retries} retries ({err}); the partial file "
+                    f"{part} is kept and the next run resumes it"
+                ) from None  # no URL in a traceback
+            time.sleep(min(2.0**attempt, 30.0) * 0.05)
     got = _sha256(part)
     if sha256 is not None and got != sha256.lower():
         part.unlink(missing_ok=True)
@@ -129,8 +147,9 @@ def download(url: str, dest: str | Path, sha256: str | None = None, auth: tuple[
     return dest
 
 
-def _transfer(url: str, part: Path, auth: tuple[str, str] | None, *, chunk_size: int, timeout: float,
-              progress: bool) -> bool:
+def _transfer(
+    url: str, part: Path, auth: tuple[str, str] | None, *, chunk_size: int, timeout: float, progress: bool
+) -> bool:
     """One request of :func:`download`: append the rest of ``url`` to ``part`` (from its current size, by HTTP
     Range). True when ``part`` is complete; False when a stale ``part`` was removed and the transfer must start
     over. A connection error propagates (the caller retries); an HTTP error raises :class:`DownloadError`."""
@@ -146,8 +165,10 @@ def _transfer(url: str, part: Path, auth: tuple[str, str] | None, *, chunk_size:
             part.unlink()
             return False
         if resp.status_code in (401, 403):
-            raise DownloadError(f"{url}: HTTP {resp.status_code} (access denied; check the credentials "
-                                "and that the data use agreement is signed)")
+            raise DownloadError(
+                f"{url}: HTTP {resp.status_code} (access denied; check the credentials "
+                "and that the data use agreement is signed)"
+            )
         if resp.status_code >= 400:
             raise DownloadError(f"{url}: HTTP {resp.status_code} {resp.reason}")
         resumed = resp.status_code == 206
@@ -157,9 +178,18 @@ def _transfer(url: str, part: Path, auth: tuple[str, str] | None, *, chunk_size:
                 raise DownloadError(f"{url}: server resumed at byte {start!r}, expected {offset}")
         length = resp.headers.get("Content-Length")
         total = (int(length) + (offset if resumed else 0)) if length and length.isdigit() else None
-        with open(part, "ab" if resumed else "wb") as f, tqdm(
-                total=total, initial=offset if resumed else 0, unit="B", unit_scale=True,
-                desc=part.name.removesuffix(".part"), disable=not progress, leave=False) as bar:
+        with (
+            open(part, "ab" if resumed else "wb") as f,
+            tqdm(
+                total=total,
+                initial=offset if resumed else 0,
+                unit="B",
+                unit_scale=True,
+                desc=part.name.removesuffix(".part"),
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             for block in resp.iter_content(chunk_size=chunk_size):
                 f.write(block)
                 bar.update(len(block))
@@ -176,8 +206,10 @@ def _extract(archive: Path, into: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 if stat.S_ISLNK(info.external_attr >> 16):
-                    raise FetchError(f"{archive}: refusing entry {info.filename!r}: it is a symbolic link; the archive "
-                                     "is not the expected data set")
+                    raise FetchError(
+                        f"{archive}: refusing entry {info.filename!r}: it is a symbolic link; the archive "
+                        "is not the expected data set"
+                    )
                 if not within(into, into / info.filename) or (into / info.filename).resolve() == into:
                     raise FetchError(f"{archive}: refusing entry {info.filename!r} outside the target folder")
             zf.extractall(into)
@@ -251,8 +283,11 @@ def fingerprint_files(root: str | Path, mode: str = "content", workers: int | No
     files: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        files += [(Path(dirpath, f).relative_to(root).as_posix(), Path(dirpath, f)) for f in filenames
-                  if not f.startswith(".")]
+        files += [
+            (Path(dirpath, f).relative_to(root).as_posix(), Path(dirpath, f))
+            for f in filenames
+            if not f.startswith(".")
+        ]
     files.sort()
     stats = [p.stat() for _, p in files]
     if mode == "content":
@@ -263,15 +298,21 @@ def fingerprint_files(root: str | Path, mode: str = "content", workers: int | No
     digest = hashlib.sha256()
     for (rel, _), key in zip(files, keys):
         digest.update(f"{rel}\t{key}\n".encode())
-    return {"hash": mode, "count": len(files), "bytes": int(sum(st.st_size for st in stats)),
-            "sha256": digest.hexdigest()}
+    return {
+        "hash": mode,
+        "count": len(files),
+        "bytes": int(sum(st.st_size for st in stats)),
+        "sha256": digest.hexdigest(),
+    }
 
 
 def _missing_message(name: str, root: Path, missing: list[str]) -> str:
     src = DATASETS[name].source
-    return (f"{root}: data set {name!r} is incomplete or absent (missing: {'; '.join(missing)}). "
-            f"Get {src.what} from {src.where} and unpack it into {root}/ (any nesting below it works), "
-            f"or set data.source: demo to use the synthetic demo data.")
+    return (
+        f"{root}: data set {name!r} is incomplete or absent (missing: {'; '.join(missing)}). "
+        f"Get {src.what} from {src.where} and unpack it into {root}/ (any nesting below it works), "
+        f"or set data.source: demo to use the synthetic demo data."
+    )
 
 
 # ---------------------------------------------------------------------------------------------- demo
@@ -283,8 +324,10 @@ def _fetch_demo(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
     marker = dest / FIXTURE_MARKER
     if dest.exists():
         if not marker.is_file():
-            raise FetchError(f"{dest} exists but is not a synthetic demo fixture (real data?); refusing to overwrite "
-                             "it. Set data.source: real to use it, or move it away to generate the demo data.")
+            raise FetchError(
+                f"{dest} exists but is not a synthetic demo fixture (real data?); refusing to overwrite "
+                "it. Set data.source: real to use it, or move it away to generate the demo data."
+            )
         info = json.loads(marker.read_text())
         if info.get("settings") == settings:
             record = verify_layout(name, dest)
@@ -293,8 +336,9 @@ def _fetch_demo(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
     with atomic_dir(dest) as tmp:
         summary = write_fixture(name, tmp, data_cfg.demo)
         record = verify_layout(name, tmp)
-        (tmp / FIXTURE_MARKER).write_text(json.dumps({"settings": settings, "summary": summary}, indent=2,
-                                                     sort_keys=True) + "\n")
+        (tmp / FIXTURE_MARKER).write_text(
+            json.dumps({"settings": settings, "summary": summary}, indent=2, sort_keys=True) + "\n"
+        )
     return {**record, "source": "demo", "settings": settings, "fixture": summary}
 
 
@@ -313,19 +357,25 @@ def _fetch_kaggle(name: str, dest: Path, data_cfg: DataConfig) -> None:
     """The Kaggle CLI download of the registry's ``source.kaggle`` arguments, unzipped into ``dest``."""
     src = DATASETS[name].source
     if not kaggle_credentials():
-        raise FetchError(_missing_message(name, dest, ["the data set folder"]) +
-                         " To download it automatically, provide Kaggle credentials (KAGGLE_USERNAME and "
-                         "KAGGLE_KEY, or ~/.kaggle/kaggle.json) and install the Kaggle CLI (pip install kaggle).")
+        raise FetchError(
+            _missing_message(name, dest, ["the data set folder"])
+            + " To download it automatically, provide Kaggle credentials (KAGGLE_USERNAME and "
+            "KAGGLE_KEY, or ~/.kaggle/kaggle.json) and install the Kaggle CLI (pip install kaggle)."
+        )
     exe = shutil.which("kaggle")
     if exe is None:
-        raise FetchError(f"Kaggle credentials found but the `kaggle` command is not installed; run "
-                         f"`pip install kaggle` and re-run `python -m ace_lora fetch {name}`.")
+        raise FetchError(
+            f"Kaggle credentials found but the `kaggle` command is not installed; run "
+            f"`pip install kaggle` and re-run `python -m ace_lora fetch {name}`."
+        )
     with atomic_dir(dest) as tmp:
         proc = subprocess.run([exe, *src.kaggle, "-p", str(tmp)], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise FetchError(f"kaggle {' '.join(src.kaggle)} failed (exit {proc.returncode}): "
-                             f"{(proc.stderr or proc.stdout).strip()[-800:]}. Check that you accepted the rules at "
-                             f"{src.where}.")
+            raise FetchError(
+                f"kaggle {' '.join(src.kaggle)} failed (exit {proc.returncode}): "
+                f"{(proc.stderr or proc.stdout).strip()[-800:]}. Check that you accepted the rules at "
+                f"{src.where}."
+            )
         for archive in sorted(tmp.glob("*.zip")):
             _extract(archive, tmp)
             archive.unlink()
@@ -341,9 +391,11 @@ def _fetch_url(name: str, dest: Path, data_cfg: DataConfig) -> None:
         if kaggle and kaggle_credentials() and shutil.which("kaggle"):
             _fetch_kaggle(name, dest, data_cfg)
             return
-        raise FetchError(_missing_message(name, dest, ["the data set folder"]) +
-                         f" To download it automatically, set data.urls.{name} to a URL of its zip archive "
-                         f"(optionally data.sha256.{name}){', or provide Kaggle credentials' if kaggle else ''}.")
+        raise FetchError(
+            _missing_message(name, dest, ["the data set folder"])
+            + f" To download it automatically, set data.urls.{name} to a URL of its zip archive "
+            f"(optionally data.sha256.{name}){', or provide Kaggle credentials' if kaggle else ''}."
+        )
     file_name = Path(url.split("?")[0].split("#")[0]).name
     archive = dest.parent / ".downloads" / (file_name if file_name not in ("", ".", "..") else f"{name}.zip")
     download(url, archive, sha256=data_cfg.sha256.get(name))
@@ -368,8 +420,10 @@ def _fetch_physionet(name: str, dest: Path, data_cfg: DataConfig) -> None:
     """
     auth = _physionet_auth()  # sent only to the configured base URLs, never to a host a table names
     if auth is None:
-        raise FetchError(_missing_message(name, dest, ["the data set folder"]) + " To download it automatically, "
-                         "set PHYSIONET_USERNAME and PHYSIONET_PASSWORD for a credentialed PhysioNet account.")
+        raise FetchError(
+            _missing_message(name, dest, ["the data set folder"]) + " To download it automatically, "
+            "set PHYSIONET_USERNAME and PHYSIONET_PASSWORD for a credentialed PhysioNet account."
+        )
     dataset = DATASETS[name]
     base = data_cfg.urls.get(name, dataset.source.urls["jpg_base"]).rstrip("/") + "/"
     reports_url = data_cfg.urls.get(f"{name}_reports", dataset.source.urls["reports"])
@@ -402,8 +456,9 @@ def _physionet_images(table: Path, work: Path) -> list[str]:
     files = []
     for rec in frontal.itertuples():
         try:
-            subject, study, dicom = (safe_name(getattr(rec, c), table, rec.row, c)
-                                     for c in ("subject_id", "study_id", "dicom_id"))
+            subject, study, dicom = (
+                safe_name(getattr(rec, c), table, rec.row, c) for c in ("subject_id", "study_id", "dicom_id")
+            )
         except BadInputError as err:
             raise FetchError(f"{err}. Refusing to download from a table with such ids.") from None
         rel = f"files/p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg"
@@ -422,12 +477,15 @@ def _fetch_real(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
     if dest.exists() and not (dest / FIXTURE_MARKER).exists():
         return {**verify_layout(name, dest), "source": "real"}
     if (dest / FIXTURE_MARKER).exists():
-        raise FetchError(f"{dest} holds the synthetic demo data but data.source is real; move it away (or delete "
-                         f"it) and put the real {DATASETS[name].source.what} there.")
+        raise FetchError(
+            f"{dest} holds the synthetic demo data but data.source is real; move it away (or delete "
+            f"it) and put the real {DATASETS[name].source.what} there."
+        )
     downloader = _DOWNLOADERS.get(DATASETS[name].source.download)
     if downloader is None:  # a request form / manual download
-        raise FetchError(_missing_message(name, dest, ["the data set folder"]) +
-                         " It cannot be downloaded automatically.")
+        raise FetchError(
+            _missing_message(name, dest, ["the data set folder"]) + " It cannot be downloaded automatically."
+        )
     downloader(name, dest, data_cfg)
     log.info("%s: downloaded", dest)
     return {**verify_layout(name, dest), "source": "real"}
@@ -450,6 +508,12 @@ def fetch_dataset(name: str, raw_root: Path, data_cfg: DataConfig) -> dict:
     fetch = _fetch_demo if data_cfg.source == "demo" else _fetch_real
     record = fetch(name, raw_root, data_cfg)
     record["files"] = fingerprint_files(raw_root / name, data_cfg.raw_hash)
-    log.info("%s: %d raw files, %.1f MB, fingerprinted (%s) in %.1f s", raw_root / name, record["files"]["count"],
-             record["files"]["bytes"] / 1e6, data_cfg.raw_hash, time.perf_counter() - start)
+    log.info(
+        "%s: %d raw files, %.1f MB, fingerprinted (%s) in %.1f s",
+        raw_root / name,
+        record["files"]["count"],
+        record["files"]["bytes"] / 1e6,
+        data_cfg.raw_hash,
+        time.perf_counter() - start,
+    )
     return record

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 def group_uniform(group: str, seed: int) -> float:
     """A number in [0, 1) that depends only on (``seed``, ``group``): the first 8 bytes of sha256("seed:group")."""
     digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def split_by_group(groups: pd.Series, fractions: dict[str, float], seed: int) -> pd.Series:
@@ -71,8 +71,10 @@ def split_by_group(groups: pd.Series, fractions: dict[str, float], seed: int) ->
     bounds = np.cumsum([fractions[n] for n in names])
     bounds = bounds / bounds[-1]
     ids = groups.astype(str)
-    assigned = {g: names[min(int(np.searchsorted(bounds, group_uniform(g, seed), side="right")), len(names) - 1)]
-                for g in ids.unique()}
+    assigned = {
+        g: names[min(int(np.searchsorted(bounds, group_uniform(g, seed), side="right")), len(names) - 1)]
+        for g in ids.unique()
+    }
     return ids.map(assigned)
 
 
@@ -138,10 +140,13 @@ def _check_mask_grid(item: Item, width: int, height: int) -> None:
     except ValueError:  # malformed RLE: decode_rle names the row
         return
     if extent > width * height:
-        raise BadInputError(item.source, f"image is {width}x{height} ({width * height} pixels) but its masks in "
-                            f"{Path(item.rle_source).name} rows {item.rle_rows} run to pixel {extent}: the DICOM's "
-                            "size disagrees with the RLE grid; replace the file (or drop its rows)",
-                            kind="mask_mismatch")
+        raise BadInputError(
+            item.source,
+            f"image is {width}x{height} ({width * height} pixels) but its masks in "
+            f"{Path(item.rle_source).name} rows {item.rle_rows} run to pixel {extent}: the DICOM's "
+            "size disagrees with the RLE grid; replace the file (or drop its rows)",
+            kind="mask_mismatch",
+        )
 
 
 def _process_or_bad(item: Item, out: Path, size: int) -> dict | tuple:
@@ -213,11 +218,15 @@ def _run(items: list[Item], out: Path, size: int, issues: Issues, workers: int, 
 
 
 def _counts(manifest: pd.DataFrame, dataset: Dataset) -> dict:
-    counts: dict = {"images": int(len(manifest)), "splits": {k: int(v) for k, v in
-                                                            manifest["split"].value_counts().sort_index().items()}}
+    counts: dict = {
+        "images": int(len(manifest)),
+        "splits": {k: int(v) for k, v in manifest["split"].value_counts().sort_index().items()},
+    }
     if "label" in manifest:
-        counts["classes"] = {s: {k: int(v) for k, v in g["label"].value_counts().sort_index().items()}
-                             for s, g in manifest.groupby("split")}
+        counts["classes"] = {
+            s: {k: int(v) for k, v in g["label"].value_counts().sort_index().items()}
+            for s, g in manifest.groupby("split")
+        }
     if dataset.findings:
         counts["positives"] = {s: {c: int(g[c].sum()) for c in dataset.findings} for s, g in manifest.groupby("split")}
     if "mask" in manifest:
@@ -242,14 +251,17 @@ def _write_boxes(boxes: pd.DataFrame, manifest: pd.DataFrame, path: Path) -> int
     """``boxes.csv`` (``image,x,y,width,height``) of the prepared images; returns the number of boxes written."""
     kept = manifest.set_index("patient_id")["image"]
     boxes = boxes[boxes["patientId"].isin(kept.index)]
-    out = pd.DataFrame({"image": boxes["patientId"].map(kept).to_numpy(),
-                        **{c: boxes[c].to_numpy() for c in ("x", "y", "width", "height")}})
+    out = pd.DataFrame(
+        {
+            "image": boxes["patientId"].map(kept).to_numpy(),
+            **{c: boxes[c].to_numpy() for c in ("x", "y", "width", "height")},
+        }
+    )
     out.to_csv(path, index=False)
     return int(len(out))
 
 
-def prepare_dataset(name: str, raw_root: Path, out_dir: Path, data_cfg: DataConfig, workers: int | None = None
-                    ) -> dict:
+def prepare_dataset(name: str, raw_root: Path, out_dir: Path, data_cfg: DataConfig, workers: int | None = None) -> dict:
     """Prepare data set ``name`` from ``raw_root/<name>/`` into ``out_dir``; returns the report (also written).
 
     ``workers``: image-decoding processes (default :func:`default_workers`); any count writes the same bytes.
@@ -266,15 +278,17 @@ def prepare_dataset(name: str, raw_root: Path, out_dir: Path, data_cfg: DataConf
     issues = Issues(data_cfg.on_bad_input, raw_dir)
     collected: Collected = COLLECTORS[name](dataset, raw_dir, data_cfg, issues)
     if not collected.items:
-        raise PrepareError(f"{raw_dir}: no usable images ({len(issues.skipped)} skipped: "
-                           f"{issues.report()['by_reason']})")
+        raise PrepareError(
+            f"{raw_dir}: no usable images ({len(issues.skipped)} skipped: {issues.report()['by_reason']})"
+        )
     notes = dict(collected.protocol)
     workers = workers if workers is not None else default_workers()
     with atomic_dir(out_dir) as tmp:
         rows = _run(collected.items, tmp, data_cfg.image_size, issues, workers, f"prepare {name}")
         if not rows:
-            raise PrepareError(f"{raw_dir}: every image was skipped ({len(issues.skipped)}: "
-                               f"{issues.report()['by_reason']})")
+            raise PrepareError(
+                f"{raw_dir}: every image was skipped ({len(issues.skipped)}: {issues.report()['by_reason']})"
+            )
         manifest = pd.DataFrame(rows)
         manifest["split"] = _assign_split(manifest, dataset.split, data_cfg.split_seed)
         manifest = _order_columns(manifest)
@@ -282,15 +296,26 @@ def prepare_dataset(name: str, raw_root: Path, out_dir: Path, data_cfg: DataConf
         if collected.boxes is not None:
             notes["boxes_written"] = _write_boxes(collected.boxes, manifest, tmp / "boxes.csv")
         report = {
-            "dataset": name, "image_size": data_cfg.image_size, "split_seed": data_cfg.split_seed,
-            "on_bad_input": data_cfg.on_bad_input, "counts": _counts(manifest, dataset), "protocol": notes,
+            "dataset": name,
+            "image_size": data_cfg.image_size,
+            "split_seed": data_cfg.split_seed,
+            "on_bad_input": data_cfg.on_bad_input,
+            "counts": _counts(manifest, dataset),
+            "protocol": notes,
             "skipped": issues.report(),
         }
         (tmp / "prepare_report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     skipped = report["skipped"]
-    log.info("%s: prepared %d images from %s into %s in %.1f s; %d input(s) skipped%s", name, len(manifest), raw_dir,
-             out_dir, time.perf_counter() - start, skipped["count"],
-             f" {skipped['by_reason']} (listed in prepare_report.json)" if skipped["count"] else "")
+    log.info(
+        "%s: prepared %d images from %s into %s in %.1f s; %d input(s) skipped%s",
+        name,
+        len(manifest),
+        raw_dir,
+        out_dir,
+        time.perf_counter() - start,
+        skipped["count"],
+        f" {skipped['by_reason']} (listed in prepare_report.json)" if skipped["count"] else "",
+    )
     return report
 
 
@@ -298,4 +323,3 @@ def _order_columns(manifest: pd.DataFrame) -> pd.DataFrame:
     first = ["image", "split", "patient_id", "study_id", "orig_width", "orig_height"]
     rest = [c for c in manifest.columns if c not in first]
     return manifest[first + rest]
-

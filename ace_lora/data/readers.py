@@ -58,13 +58,19 @@ def safe_name(value, path: str | Path, row: int | None, what: str) -> str:
     file names and URLs, and must not reach outside their folder."""
     text = str(value).strip()
     if text in ("", ".", "..") or _UNSAFE_NAME.search(text):
-        raise BadInputError(path, f"{what} {text!r} is not a plain file name (it would reach outside its folder "
-                            "or break a URL); fix the table row", row, kind="bad_id")
+        raise BadInputError(
+            path,
+            f"{what} {text!r} is not a plain file name (it would reach outside its folder "
+            "or break a URL); fix the table row",
+            row,
+            kind="bad_id",
+        )
     return text
 
 
-def check_names(df: pd.DataFrame, column: str, path: str | Path, on_bad: OnBad, what: str | None = None
-                ) -> pd.DataFrame:
+def check_names(
+    df: pd.DataFrame, column: str, path: str | Path, on_bad: OnBad, what: str | None = None
+) -> pd.DataFrame:
     """Drop (after ``on_bad``) the rows whose ``column`` is not a :func:`safe_name`."""
     keep = []
     for value, row in zip(df[column].astype(str), df["row"]):
@@ -76,8 +82,9 @@ def check_names(df: pd.DataFrame, column: str, path: str | Path, on_bad: OnBad, 
     return df[np.array(keep, dtype=bool)] if len(df) else df
 
 
-def drop_duplicates(df: pd.DataFrame, keys: list[str], path: str | Path, on_bad: OnBad, what: str | None = None
-                    ) -> pd.DataFrame:
+def drop_duplicates(
+    df: pd.DataFrame, keys: list[str], path: str | Path, on_bad: OnBad, what: str | None = None
+) -> pd.DataFrame:
     """Report each key value that occurs on more than one row (kind ``duplicate_id``, naming the rows) and drop
     all its rows: which one is right cannot be known."""
     dup = df.duplicated(keys, keep=False)
@@ -86,8 +93,14 @@ def drop_duplicates(df: pd.DataFrame, keys: list[str], path: str | Path, on_bad:
     for key, group in df[dup].groupby(keys, sort=False):
         rows = [int(r) for r in group["row"]]
         shown = key if not isinstance(key, tuple) or len(key) > 1 else key[0]
-        on_bad(BadInputError(path, f"{what or '/'.join(keys)} {shown} appears on rows {rows}; keep one row per "
-                             "id", rows[1], kind="duplicate_id"))
+        on_bad(
+            BadInputError(
+                path,
+                f"{what or '/'.join(keys)} {shown} appears on rows {rows}; keep one row per id",
+                rows[1],
+                kind="duplicate_id",
+            )
+        )
     return df[~dup]
 
 
@@ -180,20 +193,25 @@ def read_dicom(path: str | Path, window: str = "auto") -> np.ndarray:
     try:
         ds = pydicom.dcmread(path)
     except Exception as err:  # InvalidDicomError, EOFError, struct errors of truncated headers ...
-        raise BadInputError(path, f"not a readable DICOM file ({type(err).__name__}: {err})",
-                            kind="unreadable") from err
+        raise BadInputError(
+            path, f"not a readable DICOM file ({type(err).__name__}: {err})", kind="unreadable"
+        ) from err
     check_radiograph(ds, path)
     if "PixelData" not in ds:
         raise BadInputError(path, "DICOM has no pixel data", kind="unreadable")
     try:
         stored = ds.pixel_array
     except Exception as err:  # truncated pixel data, unsupported transfer syntax, ...
-        raise BadInputError(path, f"cannot decode DICOM pixel data ({type(err).__name__}: {err})",
-                            kind="unreadable") from err
+        raise BadInputError(
+            path, f"cannot decode DICOM pixel data ({type(err).__name__}: {err})", kind="unreadable"
+        ) from err
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if stored.ndim != 2:
-        raise BadInputError(path, f"expected a single-frame grayscale radiograph, got pixel array {stored.shape}",
-                            kind="not_a_radiograph")
+        raise BadInputError(
+            path,
+            f"expected a single-frame grayscale radiograph, got pixel array {stored.shape}",
+            kind="not_a_radiograph",
+        )
     slope = _first(ds.get("RescaleSlope"))
     intercept = _first(ds.get("RescaleIntercept"))
     values = stored.astype(np.float64) * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
@@ -213,12 +231,20 @@ def check_radiograph(ds, path: str | Path) -> None:
     :data:`RADIOGRAPH_MODALITIES` and PhotometricInterpretation (when present) MONOCHROME1/2."""
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
-        raise BadInputError(path, f"Modality is {modality}, not a radiograph ({'/'.join(sorted(RADIOGRAPH_MODALITIES))}"
-                            "); remove the file or its label row", kind="not_a_radiograph")
+        raise BadInputError(
+            path,
+            f"Modality is {modality}, not a radiograph ({'/'.join(sorted(RADIOGRAPH_MODALITIES))}"
+            "); remove the file or its label row",
+            kind="not_a_radiograph",
+        )
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     if photometric and photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise BadInputError(path, f"PhotometricInterpretation is {photometric}, not a grayscale radiograph "
-                            "(MONOCHROME1/2); remove the file or its label row", kind="not_a_radiograph")
+        raise BadInputError(
+            path,
+            f"PhotometricInterpretation is {photometric}, not a grayscale radiograph "
+            "(MONOCHROME1/2); remove the file or its label row",
+            kind="not_a_radiograph",
+        )
 
 
 def read_dicom_header(path: str | Path):
@@ -228,15 +254,17 @@ def read_dicom_header(path: str | Path):
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as err:  # InvalidDicomError, EOFError, struct errors of truncated headers ...
-        raise BadInputError(path, f"not a readable DICOM file ({type(err).__name__}: {err})",
-                            kind="unreadable") from err
+        raise BadInputError(
+            path, f"not a readable DICOM file ({type(err).__name__}: {err})", kind="unreadable"
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------- SIIM RLE
 
 
-def decode_rle(rle: str, height: int, width: int, *, source: str | Path = "<rle>", row: int | None = None
-               ) -> np.ndarray:
+def decode_rle(
+    rle: str, height: int, width: int, *, source: str | Path = "<rle>", row: int | None = None
+) -> np.ndarray:
     """Decode one SIIM-ACR run-length string to a bool mask (height, width).
 
     Format: whitespace-separated pairs ``start length``; each start is relative to the end of the previous run
@@ -251,20 +279,27 @@ def decode_rle(rle: str, height: int, width: int, *, source: str | Path = "<rle>
         numbers = [int(tok) for tok in text.split()]
     except ValueError:
         bad = next(tok for tok in text.split() if not re.fullmatch(r"[+-]?\d+", tok))
-        raise BadInputError(source, f"malformed RLE: non-integer token {bad!r}", row,
-                            kind="malformed_rle") from None
+        raise BadInputError(source, f"malformed RLE: non-integer token {bad!r}", row, kind="malformed_rle") from None
     if len(numbers) % 2:
         raise BadInputError(source, f"malformed RLE: odd number of values ({len(numbers)})", row, kind="malformed_rle")
     position = 0
     for start, length in zip(numbers[0::2], numbers[1::2]):
         if start < 0 or length <= 0:
-            raise BadInputError(source, f"malformed RLE: run ({start}, {length}) has a negative start or "
-                                "non-positive length", row, kind="malformed_rle")
+            raise BadInputError(
+                source,
+                f"malformed RLE: run ({start}, {length}) has a negative start or non-positive length",
+                row,
+                kind="malformed_rle",
+            )
         position += start
         if position + length > mask.size:
-            raise BadInputError(source, f"malformed RLE: run ends at pixel {position + length}, beyond the "
-                                f"{height}x{width} mask", row, kind="malformed_rle")
-        mask[position:position + length] = True
+            raise BadInputError(
+                source,
+                f"malformed RLE: run ends at pixel {position + length}, beyond the {height}x{width} mask",
+                row,
+                kind="malformed_rle",
+            )
+        mask[position : position + length] = True
         position += length
     return mask.reshape(width, height).T
 
@@ -275,8 +310,9 @@ def rle_extent(rle: str) -> int:
     return 0 if text in ("", "-1", "nan") else int(sum(int(tok) for tok in text.split()))
 
 
-def decode_rle_union(rles: Iterable[str], height: int, width: int, *, source: str | Path = "<rle>",
-                     rows: Iterable[int] | None = None) -> np.ndarray:
+def decode_rle_union(
+    rles: Iterable[str], height: int, width: int, *, source: str | Path = "<rle>", rows: Iterable[int] | None = None
+) -> np.ndarray:
     """Union of several RLE components of one image (SIIM lists one row per component)."""
     rles = list(rles)
     rows = list(rows) if rows is not None else [None] * len(rles)
@@ -305,8 +341,11 @@ def read_table(path: str | Path, columns: Iterable[str] = (), **kwargs) -> pd.Da
     try:
         df = pd.read_csv(path, **kwargs)
     except (EOFError, zlib.error) as err:  # a truncated .gz / .zip
-        raise BadInputError(path, f"the compressed table is truncated or corrupt ({type(err).__name__}: {err}); "
-                            "download it again", kind="unreadable") from err
+        raise BadInputError(
+            path,
+            f"the compressed table is truncated or corrupt ({type(err).__name__}: {err}); download it again",
+            kind="unreadable",
+        ) from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as err:
         raise BadInputError(path, f"cannot parse table ({type(err).__name__}: {err})", kind="unreadable") from err
     df = _strip_columns(df)
@@ -340,9 +379,15 @@ def siim_image_table(rle: pd.DataFrame, source: str | Path = "<rle>", on_bad: On
     mixed = mixed.index[mixed["any"] & ~mixed["all"]]
     for image_id in mixed:
         rows = [int(r) for r in rle.loc[rle["ImageId"] == image_id, "row"]]
-        on_bad(BadInputError(source, f"image {image_id} has both a '-1' (no pneumothorax) row and RLE rows "
-                             f"(rows {rows}); keep either the -1 row or the RLE rows", rows[0],
-                             kind="conflicting_rows"))
+        on_bad(
+            BadInputError(
+                source,
+                f"image {image_id} has both a '-1' (no pneumothorax) row and RLE rows "
+                f"(rows {rows}); keep either the -1 row or the RLE rows",
+                rows[0],
+                kind="conflicting_rows",
+            )
+        )
     if len(mixed):
         keep = ~rle["ImageId"].isin(mixed)
         rle, positive = rle[keep], positive[keep]
@@ -351,13 +396,15 @@ def siim_image_table(rle: pd.DataFrame, source: str | Path = "<rle>", on_bad: On
     ids = list(grouped.groups)
     rles = components["EncodedPixels"].apply(list).reindex(ids)
     rle_rows = components["row"].apply(list).reindex(ids)
-    out = pd.DataFrame({
-        "ImageId": ids,
-        "positive": grouped["positive"].any().to_numpy(dtype=bool),
-        "rles": [v if isinstance(v, list) else [] for v in rles],
-        "rle_rows": [v if isinstance(v, list) else [] for v in rle_rows],
-        "rows": grouped["row"].apply(list).to_numpy() if ids else [],
-    })
+    out = pd.DataFrame(
+        {
+            "ImageId": ids,
+            "positive": grouped["positive"].any().to_numpy(dtype=bool),
+            "rles": [v if isinstance(v, list) else [] for v in rles],
+            "rle_rows": [v if isinstance(v, list) else [] for v in rle_rows],
+            "rows": grouped["row"].apply(list).to_numpy() if ids else [],
+        }
+    )
     out["label"] = np.where(out["positive"], "Pneumothorax", "Normal")
     return out
 
@@ -386,11 +433,23 @@ def read_rsna_labels(path: str | Path, on_bad: OnBad = raise_bad) -> tuple[pd.Da
     for pid, group in df.groupby("patientId", sort=False):
         rows = [int(r) for r in group["row"]]
         if group["Target"].nunique() > 1:
-            on_bad(BadInputError(path, f"patient {pid} has rows with different Target (rows {rows})", rows[0],
-                                 kind="conflicting_rows"))
+            on_bad(
+                BadInputError(
+                    path,
+                    f"patient {pid} has rows with different Target (rows {rows})",
+                    rows[0],
+                    kind="conflicting_rows",
+                )
+            )
         elif group["Target"].iloc[0] == 0 and len(group) > 1:
-            on_bad(BadInputError(path, f"patient {pid} appears on rows {rows}; a negative patient has one row",
-                                 rows[1], kind="duplicate_id"))
+            on_bad(
+                BadInputError(
+                    path,
+                    f"patient {pid} appears on rows {rows}; a negative patient has one row",
+                    rows[1],
+                    kind="duplicate_id",
+                )
+            )
         elif group["Target"].iloc[0] == 1 and group[box_cols].isna().any(axis=None):
             row = int(group.loc[group[box_cols].isna().any(axis=1), "row"].iloc[0])
             on_bad(BadInputError(path, "positive row without a complete box", row, kind="bad_row"))
@@ -415,8 +474,9 @@ def check_labels(df: pd.DataFrame, columns: Iterable[str], path: str | Path, on_
         values = pd.to_numeric(raw, errors="coerce")
         bad = (raw.notna() & (raw.astype(str).str.strip() != "") & ~values.isin(LABEL_VALUES)) & ~bad_rows
         for value, row in zip(raw[bad], df.loc[bad, "row"]):
-            on_bad(BadInputError(path, f"label {col} must be blank, 1, 0 or -1, got {value!r}", int(row),
-                                 kind="bad_label"))
+            on_bad(
+                BadInputError(path, f"label {col} must be blank, 1, 0 or -1, got {value!r}", int(row), kind="bad_label")
+            )
         bad_rows |= bad
     return df[~bad_rows]
 
@@ -450,8 +510,9 @@ def read_chexpert_table(path: str | Path, on_bad: OnBad = raise_bad) -> pd.DataF
     return check_labels(df, CHEXPERT_FINDINGS, path, on_bad)
 
 
-def select_chexpert_5x200(df: pd.DataFrame, seed: int, n_per_class: int = 200,
-                          classes: Iterable[str] = CHEXPERT_5X200_CLASSES) -> tuple[pd.DataFrame, dict]:
+def select_chexpert_5x200(
+    df: pd.DataFrame, seed: int, n_per_class: int = 200, classes: Iterable[str] = CHEXPERT_5X200_CLASSES
+) -> tuple[pd.DataFrame, dict]:
     """The CheXpert 5x200 selection (GLoRIA/MGCA): frontal views; blanks -> 0; class c = the images with c = 1
     and every other finding except No Finding = 0 (uncertain -1 excludes the image); ``n_per_class`` sampled
     per class with ``random_state=seed`` (all of them when fewer exist).
@@ -487,8 +548,7 @@ def read_nih_table(path: str | Path, on_bad: OnBad = raise_bad) -> pd.DataFrame:
     for labels, row in zip(found, df["row"]):
         unknown = [lab.strip() for lab in labels if lab.strip() not in known]
         if unknown:
-            on_bad(BadInputError(path, f"unknown finding {unknown[0]!r} in Finding Labels", int(row),
-                                 kind="bad_label"))
+            on_bad(BadInputError(path, f"unknown finding {unknown[0]!r} in Finding Labels", int(row), kind="bad_label"))
         keep.append(not unknown)
     keep = np.array(keep, dtype=bool)
     df, found = df[keep].copy(), found[keep]
@@ -548,7 +608,7 @@ def report_sections(text: str) -> dict[str, str]:
     matches = list(_SECTION.finditer(text))
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        body = " ".join(text[match.end():end].split())
+        body = " ".join(text[match.end() : end].split())
         name = match.group(1).strip()
         sections[name] = f"{sections[name]} {body}".strip() if name in sections else body
     return sections

@@ -69,11 +69,20 @@ def _dicom_template(variant: int, rows: int, columns: int):
 
 
 def _stored_range(stored_bits: int, signed: int) -> tuple[int, int]:
-    return (-(2 ** (stored_bits - 1)), 2 ** (stored_bits - 1) - 1) if signed else (0, 2 ** stored_bits - 1)
+    return (-(2 ** (stored_bits - 1)), 2 ** (stored_bits - 1) - 1) if signed else (0, 2**stored_bits - 1)
 
 
-def write_dicom(path: Path, img: np.ndarray, variant: int, *, patient_id: str, sop_uid: str, study_uid: str,
-                series_uid: str, view: str = "PA") -> None:
+def write_dicom(
+    path: Path,
+    img: np.ndarray,
+    variant: int,
+    *,
+    patient_id: str,
+    sop_uid: str,
+    study_uid: str,
+    series_uid: str,
+    view: str = "PA",
+) -> None:
     """Write ``img`` (float [0, 1], 1 = dense) as an uncompressed single-frame DICOM in encoding ``variant``
     (cycled over :data:`DICOM_VARIANTS`).
 

@@ -22,15 +22,27 @@ from ace_lora.registry import NIH_FINDINGS
 
 # NIH finding -> the painter it shares with the CheXpert findings (Emphysema, Fibrosis, Hernia, Mass: own).
 NIH_PATTERN = {
-    "Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Effusion": "Pleural Effusion",
-    "Infiltration": "Lung Opacity", "Mass": "Mass", "Nodule": "Lung Lesion", "Pneumonia": "Pneumonia",
-    "Pneumothorax": "Pneumothorax", "Consolidation": "Consolidation", "Edema": "Edema", "Emphysema": "Emphysema",
-    "Fibrosis": "Fibrosis", "Pleural_Thickening": "Pleural Other", "Hernia": "Hernia",
+    "Atelectasis": "Atelectasis",
+    "Cardiomegaly": "Cardiomegaly",
+    "Effusion": "Pleural Effusion",
+    "Infiltration": "Lung Opacity",
+    "Mass": "Mass",
+    "Nodule": "Lung Lesion",
+    "Pneumonia": "Pneumonia",
+    "Pneumothorax": "Pneumothorax",
+    "Consolidation": "Consolidation",
+    "Edema": "Edema",
+    "Emphysema": "Emphysema",
+    "Fibrosis": "Fibrosis",
+    "Pleural_Thickening": "Pleural Other",
+    "Hernia": "Hernia",
 }
 
 if set(NIH_PATTERN) != set(NIH_FINDINGS):
-    raise RuntimeError(f"ace_lora/demo/painters.py: NIH_PATTERN names {sorted(NIH_PATTERN)}, but the registry's "
-                       f"NIH findings are {sorted(NIH_FINDINGS)}; give every NIH finding a pattern")
+    raise RuntimeError(
+        f"ace_lora/demo/painters.py: NIH_PATTERN names {sorted(NIH_PATTERN)}, but the registry's "
+        f"NIH findings are {sorted(NIH_FINDINGS)}; give every NIH finding a pattern"
+    )
 
 # The finding -> pattern design (documentation; the painters below implement it).
 FINDING_PATTERNS = {
@@ -41,7 +53,7 @@ FINDING_PATTERNS = {
     "Pleural Effusion": "bright fluid filling the base of the image-left lung below a meniscus (y > ~0.55-0.60)",
     "Pneumonia": "soft Gaussian opacity, mid image-left lung (0.30, 0.45); 40 %: a second one above (0.33, 0.30)",
     "Pneumothorax": "black air region with a bright pleural line at the image-left apex (0.27, 0.20); "
-                    "35 %: a second component at the image-right apex (0.73, 0.20)",
+    "35 %: a second component at the image-right apex (0.73, 0.20)",
     "Enlarged Cardiomediastinum": "upper mediastinum widened to 0.16 of the side (normal 0.07)",
     "Lung Opacity": "hazy bright square, lower lateral image-right lung (0.78, 0.66)",
     "Lung Lesion": "small bright ring (nodule), lateral image-right lung (0.80, 0.46)",
@@ -75,15 +87,16 @@ class _Canvas:
         return ((self.xx - cx - self.dx) / rx) ** 2 + ((self.yy - cy - self.dy) / ry) ** 2 <= 1.0
 
     def lungs(self, scale: float = 1.0):
-        return self.ellipse(0.30, 0.45, 0.17 * scale, 0.32 * scale) | self.ellipse(0.70, 0.45, 0.17 * scale,
-                                                                                   0.32 * scale)
+        return self.ellipse(0.30, 0.45, 0.17 * scale, 0.32 * scale) | self.ellipse(
+            0.70, 0.45, 0.17 * scale, 0.32 * scale
+        )
 
     def segment(self, x0, y0, x1, y1, half_width):
         """Pixels within ``half_width`` of the segment (x0, y0)-(x1, y1)."""
         px, py = self.xx - self.dx - x0, self.yy - self.dy - y0
         vx, vy = x1 - x0, y1 - y0
         t = np.clip((px * vx + py * vy) / (vx * vx + vy * vy), 0, 1)
-        return (px - t * vx) ** 2 + (py - t * vy) ** 2 <= half_width ** 2
+        return (px - t * vx) ** 2 + (py - t * vy) ** 2 <= half_width**2
 
 
 def _chest_base(size: int, rng: np.random.Generator) -> _Canvas:
@@ -145,7 +158,7 @@ def _paint_effusion(cv, rng, amp):
 
 def _gauss(cv, cx, cy, sigma, amp):
     d2 = (cv.xx - cv.dx - cx) ** 2 + (cv.yy - cv.dy - cy) ** 2
-    cv.img += amp * np.exp(-d2 / (2 * sigma ** 2))
+    cv.img += amp * np.exp(-d2 / (2 * sigma**2))
     return d2 <= (2 * sigma) ** 2
 
 
@@ -171,8 +184,7 @@ def _paint_pneumothorax(cv, rng, amp, n: int | None = None):
 
 
 def _paint_mediastinum(cv, rng, amp):
-    m = (np.abs(cv.xx - 0.5 - cv.dx) < 0.08 * rng.uniform(0.9, 1.1)) & (cv.yy - cv.dy > 0.10) & \
-        (cv.yy - cv.dy < 0.58)
+    m = (np.abs(cv.xx - 0.5 - cv.dx) < 0.08 * rng.uniform(0.9, 1.1)) & (cv.yy - cv.dy > 0.10) & (cv.yy - cv.dy < 0.58)
     cv.img[m] = np.maximum(cv.img[m], 0.45 + 0.2 * amp)
     return [m]
 
@@ -241,17 +253,29 @@ def _paint_hernia(cv, rng, amp):
 
 
 _PAINTERS: dict[str, Callable] = {
-    "Atelectasis": _paint_atelectasis, "Cardiomegaly": _paint_cardiomegaly, "Consolidation": _paint_consolidation,
-    "Edema": _paint_edema, "Pleural Effusion": _paint_effusion, "Pneumonia": _paint_pneumonia,
-    "Pneumothorax": _paint_pneumothorax, "Enlarged Cardiomediastinum": _paint_mediastinum,
-    "Lung Opacity": _paint_opacity, "Lung Lesion": _paint_lesion, "Mass": _paint_mass,
-    "Pleural Other": _paint_pleural_other, "Fracture": _paint_fracture, "Support Devices": _paint_devices,
-    "Emphysema": _paint_emphysema, "Fibrosis": _paint_fibrosis, "Hernia": _paint_hernia,
+    "Atelectasis": _paint_atelectasis,
+    "Cardiomegaly": _paint_cardiomegaly,
+    "Consolidation": _paint_consolidation,
+    "Edema": _paint_edema,
+    "Pleural Effusion": _paint_effusion,
+    "Pneumonia": _paint_pneumonia,
+    "Pneumothorax": _paint_pneumothorax,
+    "Enlarged Cardiomediastinum": _paint_mediastinum,
+    "Lung Opacity": _paint_opacity,
+    "Lung Lesion": _paint_lesion,
+    "Mass": _paint_mass,
+    "Pleural Other": _paint_pleural_other,
+    "Fracture": _paint_fracture,
+    "Support Devices": _paint_devices,
+    "Emphysema": _paint_emphysema,
+    "Fibrosis": _paint_fibrosis,
+    "Hernia": _paint_hernia,
 }
 
 
-def render_chest(size: int, findings: dict[str, float], rng: np.random.Generator,
-                 components: dict[str, int] | None = None) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
+def render_chest(
+    size: int, findings: dict[str, float], rng: np.random.Generator, components: dict[str, int] | None = None
+) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
     """A frontal chest image (float [0, 1], shape (size, size)) with ``findings`` {pattern name: strength}.
 
     Returns the image and, per finding, the boolean masks of its drawn components (RSNA boxes, SIIM masks).
@@ -312,8 +336,12 @@ def render_histo(size: int, cls: str, rng: np.random.Generator) -> np.ndarray:
             elif glands == "holes":
                 draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(252, 248, 250))
             else:
-                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(250, 240, 245), outline=tuple(nucleus),
-                             width=max(1, int(2 * s)))
+                draw.ellipse(
+                    [cx - r, cy - r, cx + r, cy + r],
+                    fill=(250, 240, 245),
+                    outline=tuple(nucleus),
+                    width=max(1, int(2 * s)),
+                )
     for _ in range(count):
         cx, cy = rng.uniform(0, size, size=2)
         r = radius * s * rng.uniform(0.8, 1.25)

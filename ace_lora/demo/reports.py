@@ -12,21 +12,35 @@ import numpy as np
 
 # Report phrases: (verbatim forms containing the class phrase, synonym forms without it).
 REPORT_FORMS = {
-    "Atelectasis": (["atelectasis", "left basilar atelectasis", "mild atelectasis"],
-                    ["volume loss at the left base", "subsegmental collapse"]),
-    "Cardiomegaly": (["cardiomegaly", "mild cardiomegaly", "moderate cardiomegaly"],
-                     ["enlarged heart", "enlarged cardiac silhouette"]),
-    "Consolidation": (["consolidation", "left upper lobe consolidation", "focal consolidation"],
-                      ["dense airspace disease"]),
-    "Edema": (["edema", "pulmonary edema", "mild pulmonary edema", "interstitial edema"],
-              ["vascular congestion", "kerley b lines"]),
-    "Pleural Effusion": (["pleural effusion", "right pleural effusion", "small right pleural effusion"],
-                         ["right effusion", "blunting of the right costophrenic angle"]),
-    "Pneumonia": (["pneumonia", "right lung pneumonia", "multifocal pneumonia"],
-                  ["infection", "airspace opacity concerning for infection"]),
+    "Atelectasis": (
+        ["atelectasis", "left basilar atelectasis", "mild atelectasis"],
+        ["volume loss at the left base", "subsegmental collapse"],
+    ),
+    "Cardiomegaly": (
+        ["cardiomegaly", "mild cardiomegaly", "moderate cardiomegaly"],
+        ["enlarged heart", "enlarged cardiac silhouette"],
+    ),
+    "Consolidation": (
+        ["consolidation", "left upper lobe consolidation", "focal consolidation"],
+        ["dense airspace disease"],
+    ),
+    "Edema": (
+        ["edema", "pulmonary edema", "mild pulmonary edema", "interstitial edema"],
+        ["vascular congestion", "kerley b lines"],
+    ),
+    "Pleural Effusion": (
+        ["pleural effusion", "right pleural effusion", "small right pleural effusion"],
+        ["right effusion", "blunting of the right costophrenic angle"],
+    ),
+    "Pneumonia": (
+        ["pneumonia", "right lung pneumonia", "multifocal pneumonia"],
+        ["infection", "airspace opacity concerning for infection"],
+    ),
     "Pneumothorax": (["pneumothorax", "right apical pneumothorax", "small pneumothorax"], ["apical pleural air"]),
-    "Enlarged Cardiomediastinum": (["enlarged cardiomediastinum", "mildly enlarged cardiomediastinum"],
-                                   ["widened mediastinum"]),
+    "Enlarged Cardiomediastinum": (
+        ["enlarged cardiomediastinum", "mildly enlarged cardiomediastinum"],
+        ["widened mediastinum"],
+    ),
     "Lung Opacity": (["lung opacity", "left lower lung opacity"], ["infiltration", "hazy opacity"]),
     "Lung Lesion": (["lung lesion", "left lung lesion"], ["nodule", "pulmonary nodule"]),
     "Pleural Other": (["pleural thickening", "right pleural thickening"], ["pleural scarring"]),
@@ -35,21 +49,39 @@ REPORT_FORMS = {
 }
 SENTENCES = ["{F}.", "There is {f}.", "{F} is present.", "Evidence of {f}."]
 UNCERTAIN_SENTENCES = ["Possible {f}.", "{F} cannot be excluded."]
-NEGATIONS = {"Pleural Effusion": "pleural effusion", "Pneumothorax": "pneumothorax",
-             "Consolidation": "focal consolidation", "Edema": "pulmonary edema"}
+NEGATIONS = {
+    "Pleural Effusion": "pleural effusion",
+    "Pneumothorax": "pneumothorax",
+    "Consolidation": "focal consolidation",
+    "Edema": "pulmonary edema",
+}
 NORMAL_FINDINGS = ["The lungs are clear.", "Heart size is normal.", "The cardiomediastinal silhouette is normal."]
 NORMAL_IMPRESSIONS = ["No acute findings.", "No acute cardiopulmonary process.", "Normal chest radiograph."]
 INDICATIONS = ["___M with cough.", "___F with shortness of breath.", "___M with fever.", "___F with chest pain."]
 EXAMINATIONS = {"PA": "CHEST (PA AND LAT)", "AP": "CHEST (PORTABLE AP)"}
-REPORT_SKELETON = ("                                 FINAL REPORT\n EXAMINATION:  {exam}\n \n"
-                   " INDICATION:  {indication}\n \n TECHNIQUE:  Chest radiograph.\n \n COMPARISON:  None.\n \n")
+REPORT_SKELETON = (
+    "                                 FINAL REPORT\n EXAMINATION:  {exam}\n \n"
+    " INDICATION:  {indication}\n \n TECHNIQUE:  Chest radiograph.\n \n COMPARISON:  None.\n \n"
+)
 # Pathological findings (all but these two block "No Finding" in the CheXpert labeller convention).
 NON_PATHOLOGY = {"No Finding", "Support Devices"}
 
 # Sampling weights of MIMIC training findings: the CheXpert 5x200 classes and the RSNA/SIIM targets dominate.
-_TRAIN_WEIGHTS = {"Atelectasis": 3, "Cardiomegaly": 3, "Consolidation": 3, "Edema": 3, "Pleural Effusion": 3,
-                  "Pneumonia": 2, "Pneumothorax": 2, "Enlarged Cardiomediastinum": 1, "Lung Opacity": 1,
-                  "Lung Lesion": 1, "Pleural Other": 1, "Fracture": 1, "Support Devices": 1}
+_TRAIN_WEIGHTS = {
+    "Atelectasis": 3,
+    "Cardiomegaly": 3,
+    "Consolidation": 3,
+    "Edema": 3,
+    "Pleural Effusion": 3,
+    "Pneumonia": 2,
+    "Pneumothorax": 2,
+    "Enlarged Cardiomediastinum": 1,
+    "Lung Opacity": 1,
+    "Lung Lesion": 1,
+    "Pleural Other": 1,
+    "Fracture": 1,
+    "Support Devices": 1,
+}
 
 
 def _cap(text: str) -> str:
@@ -60,8 +92,9 @@ def _sentence(template: str, form: str) -> str:
     return template.replace("{F}", _cap(form)).replace("{f}", form)
 
 
-def write_report_text(findings: dict[str, int], rng: np.random.Generator, view: str = "PA",
-                      verbatim: float = 0.85) -> tuple[str, dict[str, float]]:
+def write_report_text(
+    findings: dict[str, int], rng: np.random.Generator, view: str = "PA", verbatim: float = 0.85
+) -> tuple[str, dict[str, float]]:
     """A MIMIC-style free-text report for ``findings`` {CheXpert name: 1 (positive) | -1 (uncertain)}.
 
     Returns (report text, CheXpert-labeller values {finding: 1.0 | 0.0 | -1.0}; absent = blank).
@@ -70,8 +103,11 @@ def write_report_text(findings: dict[str, int], rng: np.random.Generator, view: 
     sentences, impression = [], []
     for name, value in findings.items():
         verbatim_forms, synonyms = REPORT_FORMS[name]
-        form = verbatim_forms[rng.integers(len(verbatim_forms))] if rng.random() < verbatim or not synonyms \
+        form = (
+            verbatim_forms[rng.integers(len(verbatim_forms))]
+            if rng.random() < verbatim or not synonyms
             else synonyms[rng.integers(len(synonyms))]
+        )
         if value < 0:
             sentences.append(_sentence(UNCERTAIN_SENTENCES[rng.integers(len(UNCERTAIN_SENTENCES))], form))
             labels[name] = -1.0
@@ -84,8 +120,7 @@ def write_report_text(findings: dict[str, int], rng: np.random.Generator, view: 
     negatable = [n for n in NEGATIONS if n not in findings]
     if not pathological:
         labels["No Finding"] = 1.0
-        sentences = [NORMAL_FINDINGS[i] for i in sorted(rng.choice(len(NORMAL_FINDINGS), 2, replace=False))] \
-            + sentences
+        sentences = [NORMAL_FINDINGS[i] for i in sorted(rng.choice(len(NORMAL_FINDINGS), 2, replace=False))] + sentences
         if rng.random() < 0.6:
             sentences.append("No pleural effusion or pneumothorax.")
             labels.update({"Pleural Effusion": 0.0, "Pneumothorax": 0.0})
@@ -95,11 +130,11 @@ def write_report_text(findings: dict[str, int], rng: np.random.Generator, view: 
             neg = negatable[rng.integers(len(negatable))]
             sentences.append(f"No {NEGATIONS[neg]}.")
             labels[neg] = 0.0
-        impression_text = (_cap(" and ".join(impression)) + ".") if impression else \
-            "Findings as above."
+        impression_text = (_cap(" and ".join(impression)) + ".") if impression else "Findings as above."
     findings_text = " ".join(sentences)
-    body = REPORT_SKELETON.format(exam=EXAMINATIONS.get(view, EXAMINATIONS["PA"]),
-                                  indication=INDICATIONS[rng.integers(len(INDICATIONS))])
+    body = REPORT_SKELETON.format(
+        exam=EXAMINATIONS.get(view, EXAMINATIONS["PA"]), indication=INDICATIONS[rng.integers(len(INDICATIONS))]
+    )
     if rng.random() < 0.9:
         body += f" FINDINGS:  \n \n {findings_text}\n \n"
     body += f" IMPRESSION:  \n \n {impression_text}\n"

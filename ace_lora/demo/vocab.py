@@ -32,9 +32,19 @@ def demo_texts() -> list[str]:
     from ace_lora.config import PromptsConfig
     from ace_lora.prompts import BENCHMARK_CLASSES, build_prompts
 
-    texts = [REPORT_SKELETON, "FINDINGS: IMPRESSION: Findings as above. No pleural effusion or pneumothorax.",
-             *NORMAL_FINDINGS, *NORMAL_IMPRESSIONS, *INDICATIONS, *EXAMINATIONS.values(), *NEGATIONS.values(),
-             *SENTENCES, *UNCERTAIN_SENTENCES, " and ", "No"]
+    texts = [
+        REPORT_SKELETON,
+        "FINDINGS: IMPRESSION: Findings as above. No pleural effusion or pneumothorax.",
+        *NORMAL_FINDINGS,
+        *NORMAL_IMPRESSIONS,
+        *INDICATIONS,
+        *EXAMINATIONS.values(),
+        *NEGATIONS.values(),
+        *SENTENCES,
+        *UNCERTAIN_SENTENCES,
+        " and ",
+        "No",
+    ]
     for verbatim, synonyms in REPORT_FORMS.values():
         texts += verbatim + synonyms
     prompts = build_prompts(PromptsConfig(), list(BENCHMARK_CLASSES))

@@ -42,8 +42,13 @@ _DISTRACTORS = ("Cardiomegaly", "Support Devices", "Pleural Other", "Fracture", 
 #: writers write enough images per class that the test split holds about ``n_per_class`` of each.
 TEST_FRACTION = {name: DATASETS[name].split.fractions["test"] for name in ("rsna", "siim")}
 # LC25000 class folder -> the prefix of its file names (lungaca1.jpeg, ...).
-_LC_FILE_PREFIX = {"lung_aca": "lungaca", "lung_n": "lungn", "lung_scc": "lungscc", "colon_aca": "colonca",
-                   "colon_n": "colonn"}
+_LC_FILE_PREFIX = {
+    "lung_aca": "lungaca",
+    "lung_n": "lungn",
+    "lung_scc": "lungscc",
+    "colon_aca": "colonca",
+    "colon_n": "colonn",
+}
 
 
 def _rng(cfg: DemoConfig, dataset: str) -> np.random.Generator:
@@ -113,7 +118,7 @@ def encode_rle(mask: np.ndarray) -> str:
 
 
 def _hex_id(rng: np.random.Generator) -> str:
-    return "-".join(f"{int(x):08x}" for x in rng.integers(0, 2 ** 32, size=5))
+    return "-".join(f"{int(x):08x}" for x in rng.integers(0, 2**32, size=5))
 
 
 # ------------------------------------------------------------------------------------------------------ MIMIC
@@ -131,25 +136,50 @@ def _write_mimic(raw: Path, cfg: DemoConfig, rng: np.random.Generator) -> dict:
         while splits[i + k - 1] != splits[i]:
             k -= 1
         for j in range(i, i + k):
-            n_lateral += _write_mimic_study(raw, cfg.image_size, int(subjects[i]), int(studies[j]), splits[j], rng,
-                                            rows)
+            n_lateral += _write_mimic_study(
+                raw, cfg.image_size, int(subjects[i]), int(studies[j]), splits[j], rng, rows
+            )
         i += k
     order = rng.permutation(len(rows["chexpert"]))  # a different row order than the metadata: join by key
     chexpert_rows = [rows["chexpert"][o] for o in order]
-    meta_cols = ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
-                 "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
-                 "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning"]
+    meta_cols = [
+        "dicom_id",
+        "subject_id",
+        "study_id",
+        "PerformedProcedureStepDescription",
+        "ViewPosition",
+        "Rows",
+        "Columns",
+        "StudyDate",
+        "StudyTime",
+        "ProcedureCodeSequence_CodeMeaning",
+        "ViewCodeSequence_CodeMeaning",
+        "PatientOrientationCodeSequence_CodeMeaning",
+    ]
     _write_text(raw / "mimic-cxr-2.0.0-metadata.csv.gz", _csv_text(meta_cols, rows["metadata"]), gz=True)
-    _write_text(raw / "mimic-cxr-2.0.0-split.csv.gz",
-                _csv_text(["dicom_id", "study_id", "subject_id", "split"], rows["split"]), gz=True)
-    _write_text(raw / "mimic-cxr-2.0.0-chexpert.csv.gz",
-                _csv_text(["subject_id", "study_id", *CHEXPERT_FINDINGS], chexpert_rows), gz=True)
-    return {"images": len(rows["metadata"]), "studies": len(splits), "lateral_images": n_lateral,
-            "train_studies": cfg.n_train, "validate_studies": n_eval, "test_studies": n_eval}
+    _write_text(
+        raw / "mimic-cxr-2.0.0-split.csv.gz",
+        _csv_text(["dicom_id", "study_id", "subject_id", "split"], rows["split"]),
+        gz=True,
+    )
+    _write_text(
+        raw / "mimic-cxr-2.0.0-chexpert.csv.gz",
+        _csv_text(["subject_id", "study_id", *CHEXPERT_FINDINGS], chexpert_rows),
+        gz=True,
+    )
+    return {
+        "images": len(rows["metadata"]),
+        "studies": len(splits),
+        "lateral_images": n_lateral,
+        "train_studies": cfg.n_train,
+        "validate_studies": n_eval,
+        "test_studies": n_eval,
+    }
 
 
-def _write_mimic_study(raw: Path, size: int, subject: int, study: int, split: str, rng: np.random.Generator,
-                       rows: dict[str, list]) -> int:
+def _write_mimic_study(
+    raw: Path, size: int, subject: int, study: int, split: str, rng: np.random.Generator, rows: dict[str, list]
+) -> int:
     """One MIMIC study: its report, its frontal image (and sometimes a lateral one), and its rows of the three
     tables (appended to ``rows``). Returns the number of lateral images written (0 or 1)."""
     folder = raw / "files" / f"p{str(subject)[:2]}" / f"p{subject}"
@@ -167,10 +197,22 @@ def _write_mimic_study(raw: Path, size: int, subject: int, study: int, split: st
         dicom_id = _hex_id(rng)
         _save_image(folder / f"s{study}" / f"{dicom_id}.jpg", pixels)
         lateral = vp in ("LATERAL", "LL")
-        rows["metadata"].append([dicom_id, subject, study, "CHEST (PA AND LAT)", vp, size, size, date,
-                                 f"{rng.integers(0, 235959):06d}.{rng.integers(0, 999):03d}", "CHEST (PA AND LAT)",
-                                 "lateral" if lateral else ("postero-anterior" if vp == "PA" else "antero-posterior"),
-                                 "Erect"])
+        rows["metadata"].append(
+            [
+                dicom_id,
+                subject,
+                study,
+                "CHEST (PA AND LAT)",
+                vp,
+                size,
+                size,
+                date,
+                f"{rng.integers(0, 235959):06d}.{rng.integers(0, 999):03d}",
+                "CHEST (PA AND LAT)",
+                "lateral" if lateral else ("postero-anterior" if vp == "PA" else "antero-posterior"),
+                "Erect",
+            ]
+        )
         rows["split"].append([dicom_id, study, subject, split])
     rows["chexpert"].append([subject, study] + [_label_value(labels.get(c)) for c in CHEXPERT_FINDINGS])
     return len(views) - 1
@@ -254,15 +296,34 @@ def _write_nih14(raw: Path, cfg: DemoConfig, rng: np.random.Generator) -> dict:
         if k % 50 == 7:  # a few NIH PNGs are RGBA in the real archive
             pixels = np.dstack([pixels] * 3 + [np.full_like(pixels, 255)])
         _save_image(raw / folder / "images" / nm, pixels, mode="RGBA" if pixels.ndim == 3 else "L")
-        rows.append([nm, "|".join(found) or "No Finding", int(nm[9:12]), p, int(rng.integers(18, 90)),
-                     "M" if rng.random() < 0.55 else "F", "PA" if rng.random() < 0.6 else "AP", S, S, 0.143, 0.143])
-    header = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+        rows.append(
+            [
+                nm,
+                "|".join(found) or "No Finding",
+                int(nm[9:12]),
+                p,
+                int(rng.integers(18, 90)),
+                "M" if rng.random() < 0.55 else "F",
+                "PA" if rng.random() < 0.6 else "AP",
+                S,
+                S,
+                0.143,
+                0.143,
+            ]
+        )
+    header = (
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+    )
     _write_text(raw / "Data_Entry_2017_v2020.csv", _csv_text(header, rows))
     _write_text(raw / "test_list.txt", "".join(f"{nm}\n" for nm in test))
     _write_text(raw / "train_val_list.txt", "".join(f"{nm}\n" for nm in trainval))
-    return {"images": len(rows), "test_list": len(test), "train_val_list": len(trainval),
-            "per_finding": {f: sum(f in v for v in labels.values()) for f in NIH_FINDINGS}}
+    return {
+        "images": len(rows),
+        "test_list": len(test),
+        "train_val_list": len(trainval),
+        "per_finding": {f: sum(f in v for v in labels.values()) for f in NIH_FINDINGS},
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- RSNA
@@ -286,10 +347,16 @@ def _write_rsna(raw: Path, cfg: DemoConfig, rng: np.random.Generator) -> dict:
         pid = str(uuid.UUID(bytes=rng.bytes(16), version=4))
         findings = {"Pneumonia": 1.0} if target else _distractor(rng)
         img, masks = render_chest(S, findings, rng)
-        write_dicom(raw / "stage_2_train_images" / f"{pid}.dcm", img, k, patient_id=pid,
-                    sop_uid=random_uid(rng, "1.2.276.0.7230010.3.1.4.8323329"),
-                    study_uid=random_uid(rng, "1.2.276.0.7230010.3.1.2.8323329"),
-                    series_uid=random_uid(rng, "1.2.276.0.7230010.3.1.3.8323329"), view="PA" if k % 2 else "AP")
+        write_dicom(
+            raw / "stage_2_train_images" / f"{pid}.dcm",
+            img,
+            k,
+            patient_id=pid,
+            sop_uid=random_uid(rng, "1.2.276.0.7230010.3.1.4.8323329"),
+            study_uid=random_uid(rng, "1.2.276.0.7230010.3.1.2.8323329"),
+            series_uid=random_uid(rng, "1.2.276.0.7230010.3.1.3.8323329"),
+            view="PA" if k % 2 else "AP",
+        )
         if target:
             for m in masks["Pneumonia"]:
                 x, y, w, h = _bbox(m)
@@ -298,8 +365,9 @@ def _write_rsna(raw: Path, cfg: DemoConfig, rng: np.random.Generator) -> dict:
         else:
             records.append([pid, "", "", "", "", 0])
     records.sort(key=lambda r: r[0])
-    _write_text(raw / "stage_2_train_labels.csv", _csv_text(["patientId", "x", "y", "width", "height", "Target"],
-                                                             records))
+    _write_text(
+        raw / "stage_2_train_labels.csv", _csv_text(["patientId", "x", "y", "width", "height", "Target"], records)
+    )
     return {"images": len(targets), "positive": n, "boxes": n_boxes, "rows": len(records), "dicom_size": S}
 
 
@@ -316,8 +384,15 @@ def _write_siim(raw: Path, cfg: DemoConfig, rng: np.random.Generator) -> dict:
         series = random_uid(rng, "1.2.276.0.7230010.3.1.3.8323329")
         findings = {"Pneumothorax": 1.0} if target else _distractor(rng)
         img, masks = render_chest(S, findings, rng)
-        write_dicom(raw / "dicom-images-train" / study / series / f"{image_id}.dcm", img, k + 3,
-                    patient_id=image_id.split(".")[-3], sop_uid=image_id, study_uid=study, series_uid=series)
+        write_dicom(
+            raw / "dicom-images-train" / study / series / f"{image_id}.dcm",
+            img,
+            k + 3,
+            patient_id=image_id.split(".")[-3],
+            sop_uid=image_id,
+            study_uid=study,
+            series_uid=series,
+        )
         if target:
             for m in masks["Pneumothorax"]:
                 rows.append(f"{image_id}, {encode_rle(m)}\n")
@@ -352,21 +427,32 @@ def _write_lc25000(raw: Path, cfg: DemoConfig, rng: np.random.Generator) -> dict
     root = raw / "lung_colon_image_set"
     for cls, organ in LC25000_CLASSES.items():
         for k in range(1, cfg.n_per_class + 1):
-            _save_image(root / f"{organ}_image_sets" / cls / f"{_LC_FILE_PREFIX[cls]}{k}.jpeg",
-                        render_histo(cfg.image_size, cls, rng), mode="RGB")
+            _save_image(
+                root / f"{organ}_image_sets" / cls / f"{_LC_FILE_PREFIX[cls]}{k}.jpeg",
+                render_histo(cfg.image_size, cls, rng),
+                mode="RGB",
+            )
     return {"images": len(LC25000_CLASSES) * cfg.n_per_class, "per_class": cfg.n_per_class}
 
 
 # ----------------------------------------------------------------------------------------------------- public
 
 
-_WRITERS = {"mimic": _write_mimic, "nih14": _write_nih14, "chexpert": _write_chexpert, "rsna": _write_rsna,
-            "siim": _write_siim, "mhist": _write_mhist, "lc25000": _write_lc25000}
+_WRITERS = {
+    "mimic": _write_mimic,
+    "nih14": _write_nih14,
+    "chexpert": _write_chexpert,
+    "rsna": _write_rsna,
+    "siim": _write_siim,
+    "mhist": _write_mhist,
+    "lc25000": _write_lc25000,
+}
 if set(_WRITERS) != set(DATASET_NAMES) or set(_LC_FILE_PREFIX) != set(LC25000_CLASSES):
     raise RuntimeError(
         f"ace_lora/demo/writers.py writes the data sets {sorted(_WRITERS)} (LC25000 classes "
         f"{sorted(_LC_FILE_PREFIX)}), but ace_lora/registry.py declares {sorted(DATASET_NAMES)} (LC25000 classes "
-        f"{sorted(LC25000_CLASSES)}): give every registered data set (and class) a writer, or remove the stale one")
+        f"{sorted(LC25000_CLASSES)}): give every registered data set (and class) a writer, or remove the stale one"
+    )
 
 
 def write_fixture(dataset: str, raw_dir: Path, cfg: DemoConfig) -> dict:

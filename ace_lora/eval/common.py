@@ -28,8 +28,19 @@ import torch.nn.functional as F
 
 from ace_lora.distributed import autocast
 
-__all__ = ["EvalModel", "EvalPreset", "Overlay", "Evaluation", "build_zero_shot_classifier", "eval_mode",
-           "model_device", "logit_scale", "image_dataset", "positive_index", "check_prompts"]
+__all__ = [
+    "EvalModel",
+    "EvalPreset",
+    "Overlay",
+    "Evaluation",
+    "build_zero_shot_classifier",
+    "eval_mode",
+    "model_device",
+    "logit_scale",
+    "image_dataset",
+    "positive_index",
+    "check_prompts",
+]
 
 
 # ---------------------------------------------------------------------------------------- the contract
@@ -79,8 +90,9 @@ class EvalModel(Protocol):
         """Token ids and mask -> global text embeddings ``(T, D)``."""
         ...
 
-    def text_nodes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def text_nodes(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids and mask -> (nodes ``(T, L, D)``, prior ``(T, L - 1)``, node mask ``(T, L)``)."""
         ...
 
@@ -166,8 +178,10 @@ def check_prompts(prompts: dict[str, list[str]], classes: list[str], source: str
     where = f" in {source}" if source else ""
     missing = [c for c in classes if c not in prompts]
     if missing:
-        raise KeyError(f"no prompts for class(es) {', '.join(map(repr, missing))}{where}; "
-                       f"prompts exist for: {', '.join(map(repr, prompts)) or 'none'}")
+        raise KeyError(
+            f"no prompts for class(es) {', '.join(map(repr, missing))}{where}; "
+            f"prompts exist for: {', '.join(map(repr, prompts)) or 'none'}"
+        )
     empty = [c for c in classes if not prompts[c]]
     if empty:
         raise ValueError(f"empty prompt list for class(es) {', '.join(map(repr, empty))}{where}")
@@ -177,9 +191,16 @@ def check_prompts(prompts: dict[str, list[str]], classes: list[str], source: str
 
 
 @torch.inference_mode()
-def build_zero_shot_classifier(model: EvalModel, prompts: dict[str, list[str]], classes: list[str],
-                               ensemble: str = "mean", *, device: torch.device | str | None = None,
-                               source: str | None = None, precision: str = "auto") -> torch.Tensor:
+def build_zero_shot_classifier(
+    model: EvalModel,
+    prompts: dict[str, list[str]],
+    classes: list[str],
+    ensemble: str = "mean",
+    *,
+    device: torch.device | str | None = None,
+    source: str | None = None,
+    precision: str = "auto",
+) -> torch.Tensor:
     """Class embeddings ``(C, D)``, L2-normalised, one row per entry of ``classes`` (in that order).
 
     ``ensemble="mean"``: each prompt is embedded (``model.encode_text``) and L2-normalised; a class embedding is

@@ -59,8 +59,16 @@ from ace_lora.eval.common import (
 )
 from ace_lora.progress import progress
 
-__all__ = ["patch_features", "upsample_map", "fit_to_input", "boxes_to_input", "regions_to_boxes",
-           "choose_threshold_dice", "train_patch_probe", "evaluate_grounding"]
+__all__ = [
+    "patch_features",
+    "upsample_map",
+    "fit_to_input",
+    "boxes_to_input",
+    "regions_to_boxes",
+    "choose_threshold_dice",
+    "train_patch_probe",
+    "evaluate_grounding",
+]
 
 
 # -------------------------------------------------------------------------------------------- the maps
@@ -88,8 +96,15 @@ def boxes_to_input(boxes: np.ndarray, orig_width: float, orig_height: float, siz
     boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
     scale = size / min(orig_width, orig_height)
     dx, dy = (orig_width * scale - size) / 2, (orig_height * scale - size) / 2
-    out = np.stack([boxes[:, 0] * scale - dx, boxes[:, 1] * scale - dy,
-                    (boxes[:, 0] + boxes[:, 2]) * scale - dx, (boxes[:, 1] + boxes[:, 3]) * scale - dy], 1)
+    out = np.stack(
+        [
+            boxes[:, 0] * scale - dx,
+            boxes[:, 1] * scale - dy,
+            (boxes[:, 0] + boxes[:, 2]) * scale - dx,
+            (boxes[:, 1] + boxes[:, 3]) * scale - dy,
+        ],
+        1,
+    )
     out = np.clip(out, 0, size)
     return out[(out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])]
 
@@ -107,13 +122,24 @@ def regions_to_boxes(prob: np.ndarray, threshold: float) -> tuple[np.ndarray, np
 
 
 @torch.inference_mode()
-def patch_features(model: EvalModel, manifest: pd.DataFrame, root: str | Path, eval_cfg: EvaluateConfig,
-                   device: torch.device | str | None = None, desc: str = "patches") -> torch.Tensor:
+def patch_features(
+    model: EvalModel,
+    manifest: pd.DataFrame,
+    root: str | Path,
+    eval_cfg: EvaluateConfig,
+    device: torch.device | str | None = None,
+    desc: str = "patches",
+) -> torch.Tensor:
     """Patch nodes ``(N, g, g, D)`` (float16, CPU) of every manifest row, in row order (frozen encoder)."""
     device = model_device(model, device)
     dataset = image_dataset(manifest.reset_index(drop=True), Path(root), model.image_transform(False))
-    loader = DataLoader(dataset, batch_size=eval_cfg.batch_size, shuffle=False, num_workers=eval_cfg.num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=eval_cfg.batch_size,
+        shuffle=False,
+        num_workers=eval_cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
     out: torch.Tensor | None = None
     with eval_mode(model), autocast(device, eval_cfg.precision):
         for batch in progress(loader, desc, unit="batch"):
@@ -125,7 +151,8 @@ def patch_features(model: EvalModel, manifest: pd.DataFrame, root: str | Path, e
             if out is None:
                 out = torch.zeros(len(dataset), side, side, patches.shape[2], dtype=torch.float16)
             out[torch.as_tensor(batch["index"]).long()] = patches.reshape(-1, side, side, patches.shape[2]).to(
-                "cpu", torch.float16)
+                "cpu", torch.float16
+            )
     return out
 
 
@@ -140,7 +167,7 @@ class _Head:
     def maps(self, features: torch.Tensor, chunk: int = 256) -> np.ndarray:
         """``(N, g, g)`` maps of cached features ``(N, g, g, D)``."""
         w = self.weight.float().cpu()
-        parts = [features[i:i + chunk].float() @ w + self.bias for i in range(0, len(features), chunk)]
+        parts = [features[i : i + chunk].float() @ w + self.bias for i in range(0, len(features), chunk)]
         return torch.cat(parts).numpy() if parts else np.zeros((0, 0, 0), np.float32)
 
 
@@ -167,8 +194,9 @@ def _dice_curve(prob: np.ndarray, gt: np.ndarray, thresholds: np.ndarray) -> np.
     return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
 
 
-def choose_threshold_dice(probs: list[np.ndarray], masks: list[np.ndarray], thresholds: np.ndarray
-                          ) -> tuple[float, np.ndarray]:
+def choose_threshold_dice(
+    probs: list[np.ndarray], masks: list[np.ndarray], thresholds: np.ndarray
+) -> tuple[float, np.ndarray]:
     """(threshold maximising mean Dice, mean Dice per candidate threshold)."""
     curve = np.mean([_dice_curve(p, m, thresholds) for p, m in zip(probs, masks)], axis=0)
     return float(thresholds[int(np.argmax(curve))]), curve
@@ -189,18 +217,36 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 
 
-def _overlay(kind: str, spec, head: _Head, i: int, root: Path, rel: str, prob: np.ndarray, prediction: np.ndarray,
-             truth: np.ndarray, size: int, caption: str) -> Overlay:
+def _overlay(
+    kind: str,
+    spec,
+    head: _Head,
+    i: int,
+    root: Path,
+    rel: str,
+    prob: np.ndarray,
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    size: int,
+    caption: str,
+) -> Overlay:
     """The figure data of test image ``i`` (grey image in the input geometry, sigmoid heatmap)."""
     with Image.open(root / rel) as img:
         image = fit_to_input(img.convert("L"), size, Image.Resampling.BICUBIC)
-    return Overlay(kind, filename=f"{head.protocol}_{spec.name}_{i:03d}.png",
-                   title=f"{spec.name} test #{i}, {head.protocol}: {caption}", image=image, heatmap=_sigmoid(prob),
-                   prediction=prediction, truth=truth)
+    return Overlay(
+        kind,
+        filename=f"{head.protocol}_{spec.name}_{i:03d}.png",
+        title=f"{spec.name} test #{i}, {head.protocol}: {caption}",
+        image=image,
+        heatmap=_sigmoid(prob),
+        prediction=prediction,
+        truth=truth,
+    )
 
 
-def _evaluate_segmentation(spec, head: _Head, val_maps, val_masks, test_maps, test, test_masks, root, eval_cfg,
-                           size) -> Evaluation:
+def _evaluate_segmentation(
+    spec, head: _Head, val_maps, val_masks, test_maps, test, test_masks, root, eval_cfg, size
+) -> Evaluation:
     prefix = f"{head.protocol}/{spec.name}"
     thresholds = _candidate_thresholds(val_maps, eval_cfg.grounding_thresholds)
     threshold, curve = choose_threshold_dice([upsample_map(g, size) for g in val_maps], val_masks, thresholds)
@@ -208,15 +254,38 @@ def _evaluate_segmentation(spec, head: _Head, val_maps, val_masks, test_maps, te
     for i, (grid, gt) in enumerate(zip(test_maps, test_masks)):
         prob = upsample_map(grid, size)
         pred = prob >= threshold
-        rows.append({"image": test["image"].iloc[i], "dice": M.dice(pred, gt), "gt_pixels": int(gt.sum()),
-                     "pred_pixels": int(pred.sum())})
+        rows.append(
+            {
+                "image": test["image"].iloc[i],
+                "dice": M.dice(pred, gt),
+                "gt_pixels": int(gt.sum()),
+                "pred_pixels": int(pred.sum()),
+            }
+        )
         if i < eval_cfg.overlays:
-            overlays.append(_overlay("segmentation", spec, head, i, root, test["image"].iloc[i], prob, pred, gt, size,
-                                     f"Dice {rows[-1]['dice']:.2f}"))
+            overlays.append(
+                _overlay(
+                    "segmentation",
+                    spec,
+                    head,
+                    i,
+                    root,
+                    test["image"].iloc[i],
+                    prob,
+                    pred,
+                    gt,
+                    size,
+                    f"Dice {rows[-1]['dice']:.2f}",
+                )
+            )
     per_image = pd.DataFrame(rows)
     dices = per_image["dice"].to_numpy()
-    out = {f"{prefix}/n_images": int(len(dices)), f"{prefix}/threshold": threshold,
-           f"{prefix}/val_dice": float(curve.max()), f"{prefix}/dice": float(dices.mean())}
+    out = {
+        f"{prefix}/n_images": int(len(dices)),
+        f"{prefix}/threshold": threshold,
+        f"{prefix}/val_dice": float(curve.max()),
+        f"{prefix}/dice": float(dices.mean()),
+    }
     low, high = M.bootstrap_ci(lambda _, v: float(np.mean(v)), dices, dices, n=eval_cfg.bootstrap, seed=eval_cfg.seed)
     if not np.isnan(low):
         out[f"{prefix}/dice_ci_low"], out[f"{prefix}/dice_ci_high"] = low, high
@@ -260,32 +329,63 @@ def _with_boxes(frame: pd.DataFrame, boxes: pd.DataFrame, spec, split: str) -> p
     return kept
 
 
-def _evaluate_detection(spec, head: _Head, val_maps, val_gt, test_maps, test, test_gt, root, eval_cfg, size
-                        ) -> Evaluation:
+def _evaluate_detection(
+    spec, head: _Head, val_maps, val_gt, test_maps, test, test_gt, root, eval_cfg, size
+) -> Evaluation:
     prefix = f"{head.protocol}/{spec.name}"
     probs_val = [upsample_map(g, size) for g in val_maps]
     thresholds = _candidate_thresholds(val_maps, eval_cfg.grounding_thresholds)[:-1]
-    curve = np.array([M.mean_average_precision(*_detections(probs_val, t), val_gt)
-                      for t in progress(thresholds, f"{spec.name} thresholds", unit="threshold")])
+    curve = np.array(
+        [
+            M.mean_average_precision(*_detections(probs_val, t), val_gt)
+            for t in progress(thresholds, f"{spec.name} thresholds", unit="threshold")
+        ]
+    )
     threshold = float(thresholds[int(np.argmax(curve))])
 
     probs = [upsample_map(g, size) for g in test_maps]
     pred_boxes, scores = _detections(probs, threshold)
     parts = M.match_detections(pred_boxes, scores, test_gt)
-    out = {f"{prefix}/n_images": int(len(test)), f"{prefix}/threshold": threshold,
-           f"{prefix}/val_map": float(curve.max()), f"{prefix}/map": M.map_from_matches(parts)}
+    out = {
+        f"{prefix}/n_images": int(len(test)),
+        f"{prefix}/threshold": threshold,
+        f"{prefix}/val_map": float(curve.max()),
+        f"{prefix}/map": M.map_from_matches(parts),
+    }
     # bootstrap over images: resample image indices, re-rank the already matched detections
     index = np.arange(len(test))
-    low, high = M.bootstrap_ci(lambda _, idx: M.map_from_matches([parts[i] for i in idx]), index, index,
-                               n=eval_cfg.bootstrap, seed=eval_cfg.seed)
+    low, high = M.bootstrap_ci(
+        lambda _, idx: M.map_from_matches([parts[i] for i in idx]),
+        index,
+        index,
+        n=eval_cfg.bootstrap,
+        seed=eval_cfg.seed,
+    )
     if not np.isnan(low):
         out[f"{prefix}/map_ci_low"], out[f"{prefix}/map_ci_high"] = low, high
 
-    rows = [{"image": test["image"].iloc[i], "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "score": s}
-            for i in range(len(test)) for b, s in zip(pred_boxes[i], scores[i])]
+    rows = [
+        {"image": test["image"].iloc[i], "x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "score": s}
+        for i in range(len(test))
+        for b, s in zip(pred_boxes[i], scores[i])
+    ]
     predictions = pd.DataFrame(rows, columns=["image", "x1", "y1", "x2", "y2", "score"])
-    overlays = [_overlay("detection", spec, head, i, root, test["image"].iloc[i], probs[i], pred_boxes[i], test_gt[i],
-                         size, f"{len(pred_boxes[i])} boxes") for i in range(min(eval_cfg.overlays, len(test)))]
+    overlays = [
+        _overlay(
+            "detection",
+            spec,
+            head,
+            i,
+            root,
+            test["image"].iloc[i],
+            probs[i],
+            pred_boxes[i],
+            test_gt[i],
+            size,
+            f"{len(pred_boxes[i])} boxes",
+        )
+        for i in range(min(eval_cfg.overlays, len(test)))
+    ]
     curve_frame = pd.DataFrame({"threshold": thresholds, "val_map": curve})
     return Evaluation(out, {"predictions": predictions, "thresholds": curve_frame}, overlays)
 
@@ -306,14 +406,20 @@ def _box_masks(boxes: list[np.ndarray], size: int) -> list[np.ndarray]:
     for image_boxes in boxes:
         mask = np.zeros((size, size), dtype=bool)
         for x1, y1, x2, y2 in image_boxes:
-            mask[int(np.floor(y1)):int(np.ceil(y2)), int(np.floor(x1)):int(np.ceil(x2))] = True
+            mask[int(np.floor(y1)) : int(np.ceil(y2)), int(np.floor(x1)) : int(np.ceil(x2))] = True
         out.append(mask)
     return out
 
 
-def train_patch_probe(features: torch.Tensor, targets: torch.Tensor, steps: int = 300, lr: float = 1e-2,
-                      seed: int = 0, batch_patches: int = 65536, device: torch.device | str = "cpu"
-                      ) -> tuple[torch.Tensor, float]:
+def train_patch_probe(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int = 300,
+    lr: float = 1e-2,
+    seed: int = 0,
+    batch_patches: int = 65536,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, float]:
     """Logistic regression from patch nodes ``(N, g, g, D)`` to patch coverage ``(N, g, g)`` (soft BCE targets).
 
     The light dense head of the data-efficient protocol: one linear layer on the frozen encoder's patch nodes,
@@ -364,15 +470,31 @@ def _rows(spec, root: Path, split: str, given: pd.DataFrame | None, use: str) ->
     return given.reset_index(drop=True)
 
 
-def _zero_shot_head(model: EvalModel, spec, prompts: dict[str, list[str]], eval_cfg: EvaluateConfig,
-                    device: torch.device, source: str | None) -> _Head:
+def _zero_shot_head(
+    model: EvalModel,
+    spec,
+    prompts: dict[str, list[str]],
+    eval_cfg: EvaluateConfig,
+    device: torch.device,
+    source: str | None,
+) -> _Head:
     """Step 1 of the module docstring: ``s * (t_pos - t_neg)``, the log-odds direction of the class prompts."""
     if len(spec.classes) != 2:
         raise ValueError(f"{spec.name}: grounding needs a negative and a positive class, got {list(spec.classes)}")
     pos = positive_index(spec)
-    classifier = build_zero_shot_classifier(model, prompts, [spec.classes[1 - pos], spec.classes[pos]],
-                                            eval_cfg.ensemble, device=device, source=source,
-                                            precision=eval_cfg.precision).float().cpu()
+    classifier = (
+        build_zero_shot_classifier(
+            model,
+            prompts,
+            [spec.classes[1 - pos], spec.classes[pos]],
+            eval_cfg.ensemble,
+            device=device,
+            source=source,
+            precision=eval_cfg.precision,
+        )
+        .float()
+        .cpu()
+    )
     return _Head(logit_scale(model) * (classifier[1] - classifier[0]), 0.0, "grounding")
 
 
@@ -384,8 +506,9 @@ def _dataeff_fractions(eval_cfg: EvaluateConfig) -> list[float]:
     return fractions
 
 
-def _ground_truth(spec, splits: dict[str, pd.DataFrame], root: Path, size: int, boxes: pd.DataFrame | None
-                  ) -> tuple[dict[str, pd.DataFrame], dict[str, list[np.ndarray]]]:
+def _ground_truth(
+    spec, splits: dict[str, pd.DataFrame], root: Path, size: int, boxes: pd.DataFrame | None
+) -> tuple[dict[str, pd.DataFrame], dict[str, list[np.ndarray]]]:
     """(the evaluated rows of each split, their masks or boxes in the input geometry); detection keeps the images
     with a box."""
     truth: dict[str, list[np.ndarray]] = {}
@@ -403,8 +526,15 @@ def _ground_truth(spec, splits: dict[str, pd.DataFrame], root: Path, size: int, 
     return kept, truth
 
 
-def _dataeff_heads(spec, features: torch.Tensor, truth: list[np.ndarray], fractions: list[float], size: int,
-                   eval_cfg: EvaluateConfig, device: torch.device) -> tuple[list[_Head], dict[str, float]]:
+def _dataeff_heads(
+    spec,
+    features: torch.Tensor,
+    truth: list[np.ndarray],
+    fractions: list[float],
+    size: int,
+    eval_cfg: EvaluateConfig,
+    device: torch.device,
+) -> tuple[list[_Head], dict[str, float]]:
     """A linear patch head per fraction of the train split (its patch nodes ``features`` and masks or boxes
     ``truth``), and the ``n_train`` metric of each."""
     masks = truth if spec.task == "segmentation" else _box_masks(truth, size)
@@ -412,18 +542,33 @@ def _dataeff_heads(spec, features: torch.Tensor, truth: list[np.ndarray], fracti
     heads, n_train = [], {}
     for fraction in fractions:
         idx = torch.as_tensor(_subset(len(targets), fraction, eval_cfg.seed))
-        weight, bias = train_patch_probe(features[idx], targets[idx], steps=eval_cfg.dataeff_steps,
-                                         lr=eval_cfg.dataeff_lr, seed=eval_cfg.seed, device=device)
+        weight, bias = train_patch_probe(
+            features[idx],
+            targets[idx],
+            steps=eval_cfg.dataeff_steps,
+            lr=eval_cfg.dataeff_lr,
+            seed=eval_cfg.seed,
+            device=device,
+        )
         heads.append(_Head(weight, bias, _fraction_name(fraction)))
         n_train[f"{_fraction_name(fraction)}/{spec.name}/n_train"] = int(len(idx))
     return heads, n_train
 
 
-def evaluate_grounding(model: EvalModel, spec: Any, manifest: pd.DataFrame, root: str | Path,
-                       prompts: dict[str, list[str]], eval_cfg: EvaluateConfig,
-                       device: torch.device | str | None = None, *, source: str | None = None,
-                       val_manifest: pd.DataFrame | None = None,
-                       train_manifest: pd.DataFrame | None = None, boxes: pd.DataFrame | None = None) -> Evaluation:
+def evaluate_grounding(
+    model: EvalModel,
+    spec: Any,
+    manifest: pd.DataFrame,
+    root: str | Path,
+    prompts: dict[str, list[str]],
+    eval_cfg: EvaluateConfig,
+    device: torch.device | str | None = None,
+    *,
+    source: str | None = None,
+    val_manifest: pd.DataFrame | None = None,
+    train_manifest: pd.DataFrame | None = None,
+    boxes: pd.DataFrame | None = None,
+) -> Evaluation:
     """Dense evaluation of a ``segmentation`` or ``detection`` benchmark (see the module docstring).
 
     Protocols: ``grounding`` (zero-shot, always) and, for each fraction in ``eval_cfg.dataeff_fractions``,
@@ -442,16 +587,20 @@ def evaluate_grounding(model: EvalModel, spec: Any, manifest: pd.DataFrame, root
         raise ValueError(f"{spec.name}: grounding needs a segmentation or detection task, got {spec.task!r}")
     if manifest is None or len(manifest) == 0:
         raise ValueError(f"{spec.name}: the test split is empty (data under {root})")
-    splits = {"test": manifest.reset_index(drop=True),
-              "val": _rows(spec, root, "val", val_manifest, "the grounding threshold is chosen on it")}
+    splits = {
+        "test": manifest.reset_index(drop=True),
+        "val": _rows(spec, root, "val", val_manifest, "the grounding threshold is chosen on it"),
+    }
     heads = [_zero_shot_head(model, spec, prompts, eval_cfg, device, source)]
     size = int(model.preset.image_size)
     fractions = _dataeff_fractions(eval_cfg)
     if fractions:
         splits["train"] = _rows(spec, root, "train", train_manifest, "the data-efficient heads are trained on it")
     splits, truth = _ground_truth(spec, splits, root, size, boxes)
-    features = {name: patch_features(model, frame, root, eval_cfg, device, f"{spec.name} {name}")
-                for name, frame in splits.items()}
+    features = {
+        name: patch_features(model, frame, root, eval_cfg, device, f"{spec.name} {name}")
+        for name, frame in splits.items()
+    }
     n_train: dict[str, float] = {}
     if fractions:
         more, n_train = _dataeff_heads(spec, features["train"], truth["train"], fractions, size, eval_cfg, device)
@@ -460,9 +609,18 @@ def evaluate_grounding(model: EvalModel, spec: Any, manifest: pd.DataFrame, root
     evaluate = _evaluate_segmentation if spec.task == "segmentation" else _evaluate_detection
     result = Evaluation({}, {}, [])
     for head in heads:
-        values, tables, overlays = evaluate(spec, head, head.maps(features["val"]), truth["val"],
-                                            head.maps(features["test"]), splits["test"], truth["test"], root,
-                                            eval_cfg, size)
+        values, tables, overlays = evaluate(
+            spec,
+            head,
+            head.maps(features["val"]),
+            truth["val"],
+            head.maps(features["test"]),
+            splits["test"],
+            truth["test"],
+            root,
+            eval_cfg,
+            size,
+        )
         result.metrics.update(values)
         prefix = "" if head.protocol == "grounding" else f"{head.protocol}_"
         result.tables.update({f"{prefix}{kind}": frame for kind, frame in tables.items()})

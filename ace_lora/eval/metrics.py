@@ -17,8 +17,18 @@ import numpy as np
 from scipy.stats import rankdata
 
 __all__ = [
-    "UndefinedMetricError", "accuracy", "balanced_accuracy", "macro_auroc", "macro_f1", "bootstrap_ci",
-    "dice", "box_iou", "average_precision_at", "mean_average_precision", "match_detections", "map_from_matches",
+    "UndefinedMetricError",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_auroc",
+    "macro_f1",
+    "bootstrap_ci",
+    "dice",
+    "box_iou",
+    "average_precision_at",
+    "mean_average_precision",
+    "match_detections",
+    "map_from_matches",
     "DEFAULT_IOU_THRESHOLDS",
 ]
 
@@ -116,8 +126,14 @@ def macro_auroc(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(_rank_auc(onehot, scores)))
 
 
-def bootstrap_ci(metric_fn: Callable[[np.ndarray, np.ndarray], float], y_true: np.ndarray, scores: np.ndarray,
-                 n: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+def bootstrap_ci(
+    metric_fn: Callable[[np.ndarray, np.ndarray], float],
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval ``(low, high)`` at level ``1 - alpha``.
 
     Cases (rows of ``y_true`` and ``scores``) are resampled with replacement ``n`` times with a
@@ -215,22 +231,29 @@ def _interpolated_ap(tp_sorted: np.ndarray, n_gt: int) -> float:
     return float(sampled.mean())
 
 
-def average_precision_at(pred_boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray],
-                         gt_boxes: Sequence[np.ndarray], iou_threshold: float) -> float:
+def average_precision_at(
+    pred_boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray], iou_threshold: float
+) -> float:
     """Single-class COCO-style AP at one IoU threshold; see :func:`mean_average_precision`."""
     return mean_average_precision(pred_boxes, scores, gt_boxes, [iou_threshold])
 
 
-def match_detections(pred_boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray],
-                     iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS) -> list[tuple]:
+def match_detections(
+    pred_boxes: Sequence[np.ndarray],
+    scores: Sequence[np.ndarray],
+    gt_boxes: Sequence[np.ndarray],
+    iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+) -> list[tuple]:
     """Per image: ``(scores sorted descending (k,), true-positive flags (k, T), number of GT boxes)``.
 
     Matching never crosses images, so a bootstrap over images can reuse these parts
     (:func:`map_from_matches`) instead of matching again.
     """
     if not (len(pred_boxes) == len(scores) == len(gt_boxes)):
-        raise ValueError(f"mean_average_precision: {len(pred_boxes)} prediction lists, {len(scores)} score lists "
-                         f"and {len(gt_boxes)} ground-truth lists must have one entry per image")
+        raise ValueError(
+            f"mean_average_precision: {len(pred_boxes)} prediction lists, {len(scores)} score lists "
+            f"and {len(gt_boxes)} ground-truth lists must have one entry per image"
+        )
     parts = []
     for boxes, conf, gt in zip(pred_boxes, scores, gt_boxes):
         boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
@@ -240,8 +263,11 @@ def match_detections(pred_boxes: Sequence[np.ndarray], scores: Sequence[np.ndarr
             raise ValueError(f"mean_average_precision: {len(boxes)} boxes but {len(conf)} scores in one image")
         order = np.argsort(-conf, kind="mergesort")
         ious = box_iou(boxes[order], gt)
-        tp = np.stack([_match_image(ious, t) for t in iou_thresholds], 1) if len(iou_thresholds) else \
-            np.zeros((len(boxes), 0), bool)
+        tp = (
+            np.stack([_match_image(ious, t) for t in iou_thresholds], 1)
+            if len(iou_thresholds)
+            else np.zeros((len(boxes), 0), bool)
+        )
         parts.append((conf[order], tp.reshape(len(boxes), len(iou_thresholds)), len(gt)))
     return parts
 
@@ -258,9 +284,12 @@ def map_from_matches(parts: Sequence[tuple]) -> float:
     return float(np.mean([_interpolated_ap(tp[ranking, t], n_gt) for t in range(n_thr)]))
 
 
-def mean_average_precision(pred_boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray],
-                           gt_boxes: Sequence[np.ndarray],
-                           iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS) -> float:
+def mean_average_precision(
+    pred_boxes: Sequence[np.ndarray],
+    scores: Sequence[np.ndarray],
+    gt_boxes: Sequence[np.ndarray],
+    iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+) -> float:
     """COCO-style mean average precision for one class, averaged over IoU thresholds.
 
     Inputs are per image: ``pred_boxes[i]`` ``(k_i, 4)`` and ``scores[i]`` ``(k_i,)`` for the predictions,

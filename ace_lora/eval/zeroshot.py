@@ -62,14 +62,22 @@ def _slug(text: str) -> str:
 
 
 @torch.inference_mode()
-def embed_images(model: EvalModel, manifest: pd.DataFrame, root: str | Path, batch_size: int = 64, num_workers: int = 0,
-                 device: torch.device | str | None = None, desc: str = "images", precision: str = "auto"
-                 ) -> torch.Tensor:
+def embed_images(
+    model: EvalModel,
+    manifest: pd.DataFrame,
+    root: str | Path,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
+    desc: str = "images",
+    precision: str = "auto",
+) -> torch.Tensor:
     """Global image embeddings ``(N, D)`` (float32, CPU, L2-normalised) in manifest row order."""
     device = model_device(model, device)
     dataset = image_dataset(manifest.reset_index(drop=True), Path(root), model.image_transform(False))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
     out = torch.zeros(len(dataset), 0)
     with eval_mode(model), autocast(device, precision):
         for batch in progress(loader, desc, unit="batch"):
@@ -85,8 +93,10 @@ def embed_images(model: EvalModel, manifest: pd.DataFrame, root: str | Path, bat
 
 def _check_manifest(spec: Any, manifest: pd.DataFrame, root: Path) -> None:
     if manifest is None or len(manifest) == 0:
-        raise ValueError(f"{spec.name}: the evaluated split is empty (no manifest rows for data under {root}); "
-                         f"run `python -m ace_lora prepare` for its data set")
+        raise ValueError(
+            f"{spec.name}: the evaluated split is empty (no manifest rows for data under {root}); "
+            f"run `python -m ace_lora prepare` for its data set"
+        )
 
 
 def _with_ci(out: dict, prefix: str, name: str, fn, y, scores, eval_cfg) -> None:
@@ -105,8 +115,9 @@ def _roc_frame(y_bin: np.ndarray, scores: np.ndarray, names: list[str]) -> pd.Da
             continue
         fpr, tpr, thr = roc_curve(y, scores[:, c])
         frames.append(pd.DataFrame({"class": name, "fpr": fpr, "tpr": tpr, "threshold": thr}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["class", "fpr", "tpr",
-                                                                                      "threshold"])
+    return (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["class", "fpr", "tpr", "threshold"])
+    )
 
 
 def _evaluate_single_label(model, spec, manifest, root, prompts, eval_cfg, device, source):
@@ -117,10 +128,19 @@ def _evaluate_single_label(model, spec, manifest, root, prompts, eval_cfg, devic
     if unknown:
         raise ValueError(f"{spec.name}: manifest labels {unknown} are not among the benchmark classes {classes}")
     y = manifest["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
-    classifier = build_zero_shot_classifier(model, prompts, classes, eval_cfg.ensemble, device=device,
-                                            source=source, precision=eval_cfg.precision)
-    images = embed_images(model, manifest, root, eval_cfg.batch_size, eval_cfg.num_workers, device,
-                          desc=spec.name, precision=eval_cfg.precision)
+    classifier = build_zero_shot_classifier(
+        model, prompts, classes, eval_cfg.ensemble, device=device, source=source, precision=eval_cfg.precision
+    )
+    images = embed_images(
+        model,
+        manifest,
+        root,
+        eval_cfg.batch_size,
+        eval_cfg.num_workers,
+        device,
+        desc=spec.name,
+        precision=eval_cfg.precision,
+    )
     logits = logit_scale(model) * images.double() @ classifier.double().cpu().T
     probs = torch.softmax(logits, dim=1).numpy()
 
@@ -140,8 +160,13 @@ def _evaluate_single_label(model, spec, manifest, root, prompts, eval_cfg, devic
             continue  # e.g. AUROC on a split holding one class only
 
     pred = probs.argmax(1)
-    predictions = pd.DataFrame({"image": manifest["image"].to_numpy(), "actual": [classes[i] for i in y],
-                                "predicted": [classes[i] for i in pred]})
+    predictions = pd.DataFrame(
+        {
+            "image": manifest["image"].to_numpy(),
+            "actual": [classes[i] for i in y],
+            "predicted": [classes[i] for i in pred],
+        }
+    )
     for c, name in enumerate(classes):
         predictions[f"prob_{_slug(name)}"] = probs[:, c]
     y_onehot = np.eye(len(classes), dtype=int)[y]
@@ -150,8 +175,13 @@ def _evaluate_single_label(model, spec, manifest, root, prompts, eval_cfg, devic
     roc = _roc_frame(y_onehot[:, roc_cols], probs[:, roc_cols], roc_names)
     counts = np.zeros((len(classes), len(classes)), dtype=int)
     np.add.at(counts, (y, pred), 1)
-    confusion = pd.DataFrame([{"actual": a, "predicted": p, "count": int(counts[i, j])}
-                              for i, a in enumerate(classes) for j, p in enumerate(classes)])
+    confusion = pd.DataFrame(
+        [
+            {"actual": a, "predicted": p, "count": int(counts[i, j])}
+            for i, a in enumerate(classes)
+            for j, p in enumerate(classes)
+        ]
+    )
     return Evaluation(out, {"predictions": predictions, "roc": roc, "confusion": confusion}, [])
 
 
@@ -163,10 +193,19 @@ def _evaluate_multilabel(model, spec, manifest, root, prompts, eval_cfg, device,
     y = manifest[labels].fillna(0).astype(float).clip(0, 1).astype(int).to_numpy()
     has_negative = NEGATIVE_CLASS in prompts or NEGATIVE_CLASS in labels
     names = labels + [NEGATIVE_CLASS] if has_negative and NEGATIVE_CLASS not in labels else labels
-    classifier = build_zero_shot_classifier(model, prompts, names, eval_cfg.ensemble, device=device, source=source,
-                                            precision=eval_cfg.precision)
-    images = embed_images(model, manifest, root, eval_cfg.batch_size, eval_cfg.num_workers, device,
-                          desc=spec.name, precision=eval_cfg.precision)
+    classifier = build_zero_shot_classifier(
+        model, prompts, names, eval_cfg.ensemble, device=device, source=source, precision=eval_cfg.precision
+    )
+    images = embed_images(
+        model,
+        manifest,
+        root,
+        eval_cfg.batch_size,
+        eval_cfg.num_workers,
+        device,
+        desc=spec.name,
+        precision=eval_cfg.precision,
+    )
     logits = logit_scale(model) * images.double() @ classifier.double().cpu().T  # (N, len(names))
     if has_negative:
         # two-way softmax "finding" vs "No Finding" per label = sigmoid of the logit difference
@@ -196,9 +235,17 @@ def _evaluate_multilabel(model, spec, manifest, root, prompts, eval_cfg, device,
     return Evaluation(out, {"predictions": predictions, "roc": _roc_frame(y, scores, labels)}, [])
 
 
-def evaluate_benchmark(model: EvalModel, spec: Any, manifest: pd.DataFrame, root: str | Path,
-                       prompts: dict[str, list[str]], eval_cfg: EvaluateConfig,
-                       device: torch.device | str | None = None, *, source: str | None = None) -> Evaluation:
+def evaluate_benchmark(
+    model: EvalModel,
+    spec: Any,
+    manifest: pd.DataFrame,
+    root: str | Path,
+    prompts: dict[str, list[str]],
+    eval_cfg: EvaluateConfig,
+    device: torch.device | str | None = None,
+    *,
+    source: str | None = None,
+) -> Evaluation:
     """Evaluate ``model`` on one benchmark; returns ``(metrics, tables, overlays)`` (:class:`Evaluation`).
 
     ``spec``: a ``BenchmarkSpec`` (``name``, ``task``, ``classes``); ``manifest``: its evaluated rows (image paths

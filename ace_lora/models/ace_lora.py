@@ -46,8 +46,13 @@ class AceLoraModel(nn.Module):
     :meth:`tokenize` then raises.
     """
 
-    def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig | None = None, tokenizer=None,
-                 init_logit_scale: float = DEFAULT_LOG_LOGIT_SCALE) -> None:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        loss_cfg: LossConfig | None = None,
+        tokenizer=None,
+        init_logit_scale: float = DEFAULT_LOG_LOGIT_SCALE,
+    ) -> None:
         super().__init__()
         self.model_cfg = model_cfg
         self.loss_cfg = loss_cfg or LossConfig()
@@ -83,8 +88,7 @@ class AceLoraModel(nn.Module):
                 raise ValueError(f"model.lora.layers: {sorted(layers)} outside 0..{n_layers - 1} ({tower} tower)")
         # text first, then image: the order of the official checkpoint (layers 0-11 text, 12-23 image)
         if "text" in cfg.towers:
-            apply_lora_to_bert(self.text.transformer, cfg.targets, cfg.rank, cfg.alpha, cfg.dropout, layers, gen,
-                               seed)
+            apply_lora_to_bert(self.text.transformer, cfg.targets, cfg.rank, cfg.alpha, cfg.dropout, layers, gen, seed)
         if "image" in cfg.towers:
             apply_lora_to_vit(self.visual.trunk, cfg.targets, cfg.rank, cfg.alpha, cfg.dropout, layers, gen, seed)
         self._lora_applied = True
@@ -137,8 +141,9 @@ class AceLoraModel(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_global(*self.image_nodes(images))
 
-    def text_nodes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def text_nodes(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ids, mask [B,L] -> (nodes [B,L,D] L2-normalised, prior [B,L-1], node_mask [B,L] bool).
 
         node_mask is all True for ``hgnn.text_nodes = all`` (reference); for ``content`` it drops [PAD] and [SEP].
@@ -159,8 +164,9 @@ class AceLoraModel(nn.Module):
             node_mask = torch.ones_like(input_ids, dtype=torch.bool)
         return F.normalize(tokens, dim=-1), prior, node_mask
 
-    def text_global(self, nodes: torch.Tensor, prior: torch.Tensor, node_mask: torch.Tensor | None = None
-                    ) -> torch.Tensor:
+    def text_global(
+        self, nodes: torch.Tensor, prior: torch.Tensor, node_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[B,D] L2-normalised: the ACE-HGNN output v'0 when on for text, else nodes[:,0]."""
         if self.hgnn_text is None:
             return nodes[:, 0]
@@ -171,8 +177,9 @@ class AceLoraModel(nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text_global(*self.text_nodes(input_ids, attention_mask))
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(image_emb [B,D], text_emb [B,D]), both L2-normalised."""
         return self.encode_image(images), self.encode_text(input_ids, attention_mask)
 
@@ -221,17 +228,27 @@ def _resolve_tokenizer(model_cfg: ModelConfig, tokenizer):
             source = resolve_tokenizer_source(model_cfg.checkpoint)
         elif model_cfg.preset == "tiny":
             if not TINY_VOCAB_FILE.is_file():
-                raise FileNotFoundError(f"the tiny preset's vocabulary {TINY_VOCAB_FILE} is missing (it ships with "
-                                        "the package); pass model.tokenizer (a folder or vocab.txt) instead")
+                raise FileNotFoundError(
+                    f"the tiny preset's vocabulary {TINY_VOCAB_FILE} is missing (it ships with "
+                    "the package); pass model.tokenizer (a folder or vocab.txt) instead"
+                )
             source = TINY_VOCAB_FILE
         else:
-            raise ValueError(f"model.tokenizer: preset {model_cfg.preset!r} without a checkpoint needs a tokenizer "
-                             "folder (vocab.txt); the BiomedCLIP one is in the checkpoint folder / hub repo")
+            raise ValueError(
+                f"model.tokenizer: preset {model_cfg.preset!r} without a checkpoint needs a tokenizer "
+                "folder (vocab.txt); the BiomedCLIP one is in the checkpoint folder / hub repo"
+            )
     return load_tokenizer(source), str(source)
 
 
-def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig | None = None, *, tokenizer=None,
-                device: str | torch.device | None = None, load_weights: bool = True) -> AceLoraModel:
+def build_model(
+    model_cfg: ModelConfig,
+    loss_cfg: LossConfig | None = None,
+    *,
+    tokenizer=None,
+    device: str | torch.device | None = None,
+    load_weights: bool = True,
+) -> AceLoraModel:
     """The configured model: towers (random from ``init_seed`` or the checkpoint), LoRA, ACE-HGNN, logit scale.
 
     ``tokenizer``: a tokenizer object, or a folder / vocab.txt path overriding ``model_cfg.tokenizer``.
@@ -285,8 +302,9 @@ def _seed_hgnn(model: AceLoraModel, seed: int) -> None:
                 nn.init.uniform_(lin.bias, -bound, bound, generator=gen)
 
 
-def describe_model(preset: str = "biomedclip", model_cfg: ModelConfig | None = None,
-                   loss_cfg: LossConfig | None = None) -> str:
+def describe_model(
+    preset: str = "biomedclip", model_cfg: ModelConfig | None = None, loss_cfg: LossConfig | None = None
+) -> str:
     """Trainable-parameter breakdown text of a preset (built on the meta device: fast, no weights read)."""
     cfg = model_cfg if model_cfg is not None else ModelConfig(preset=preset)
     if model_cfg is not None and preset != cfg.preset:

@@ -42,7 +42,7 @@ class VitPriorReader:
         b, n, _ = output.shape
         qkv = output.reshape(b, n, 3, self.num_heads, self.head_dim)
         q0 = self.attn.q_norm(qkv[:, :1, 0].transpose(1, 2))[:, :, 0]  # (B, H, d)
-        k = self.attn.k_norm(qkv[:, :, 1].transpose(1, 2))              # (B, H, N, d)
+        k = self.attn.k_norm(qkv[:, :, 1].transpose(1, 2))  # (B, H, N, d)
         self._q0, self._k = q0, k
 
     def read(self, kind: str) -> torch.Tensor:

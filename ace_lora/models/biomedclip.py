@@ -42,8 +42,12 @@ class ImageTower(nn.Module):
         flash kernel's bf16 backward is about 1.6x slower per block than timm's explicit attention
         (``timm``'s own ``fused_attn`` switch, set for this call only).
         """
-        if not (images.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
-                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        if not (
+            images.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        ):
             return self.head["proj"](self.trunk.forward_features(images))
         attentions = [block.attn for block in self.trunk.blocks]
         fused = [attn.fused_attn for attn in attentions]
@@ -60,9 +64,16 @@ class ImageTower(nn.Module):
 BERT_ATTENTION = "ace_lora_sdpa"
 
 
-def _bert_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                    **kwargs) -> tuple[torch.Tensor, None]:
+def _bert_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """BERT self-attention, [B,H,L,d] in, [B,L,H,d] out: fused SDPA, or with dropout on the probabilities (train
     mode) softmax then :func:`dropout_matmul` (SDPA has no fused CPU kernel with dropout and draws its mask slowly)."""
     if dropout == 0:
@@ -71,8 +82,11 @@ def _bert_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
         scale = scaling or query.shape[-1] ** -0.5
         scores = torch.matmul(query * scale, key.transpose(-1, -2))  # scaling q: 4x fewer elements than scores
         if attention_mask is not None:
-            scores = (scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-                      if attention_mask.dtype == torch.bool else scores + attention_mask)
+            scores = (
+                scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+                if attention_mask.dtype == torch.bool
+                else scores + attention_mask
+            )
         out = dropout_matmul(scores.softmax(dim=-1), value, dropout)
     return out.transpose(1, 2).contiguous(), None
 
@@ -114,10 +128,13 @@ class TextTower(nn.Module):
                     setattr(parent, name, Dropout(child.p))
         if dropout_sites == "reference":
             for layer in self.transformer.encoder.layer:
-                layer.attention.self.dropout.p = 0.0    # attention probabilities
+                layer.attention.self.dropout.p = 0.0  # attention probabilities
                 layer.attention.output.dropout.p = 0.0  # attention output, before the residual LayerNorm
-        self.proj = nn.Sequential(nn.Linear(preset.text_width, preset.text_proj_hidden, bias=False), nn.GELU(),
-                                  nn.Linear(preset.text_proj_hidden, preset.embed_dim, bias=False))
+        self.proj = nn.Sequential(
+            nn.Linear(preset.text_width, preset.text_proj_hidden, bias=False),
+            nn.GELU(),
+            nn.Linear(preset.text_proj_hidden, preset.embed_dim, bias=False),
+        )
 
     def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """ids, mask [B,L] -> projected, unnormalised tokens [B, L, embed] (index 0 = CLS)."""
@@ -140,8 +157,11 @@ def build_image_transform(preset: ModelPreset, train: bool):
     from torchvision import transforms as T
 
     size = preset.image_size
-    resize = (T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC) if train else
-              T.Resize(size, interpolation=T.InterpolationMode.BICUBIC))
+    resize = (
+        T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)
+        if train
+        else T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)
+    )
     steps = [resize] if train else [resize, T.CenterCrop(size)]
     return T.Compose([_ToRGB(), *steps, T.ToTensor(), T.Normalize(preset.mean, preset.std)])
 
@@ -150,23 +170,26 @@ def build_image_transform(preset: ModelPreset, train: bool):
 
 
 def _offline_help(what: str) -> str:
-    return (f"{what}: download the BiomedCLIP files once (from https://huggingface.co/microsoft/"
-            "BiomedCLIP-PubMedBERT_256-vit_base_patch16_224): put open_clip_pytorch_model.bin and vocab.txt "
-            "(optionally tokenizer_config.json, special_tokens_map.json) into one folder and set "
-            "model.checkpoint to that folder (the tokenizer is read from the same folder).")
+    return (
+        f"{what}: download the BiomedCLIP files once (from https://huggingface.co/microsoft/"
+        "BiomedCLIP-PubMedBERT_256-vit_base_patch16_224): put open_clip_pytorch_model.bin and vocab.txt "
+        "(optionally tokenizer_config.json, special_tokens_map.json) into one folder and set "
+        "model.checkpoint to that folder (the tokenizer is read from the same folder)."
+    )
 
 
 def resolve_hub_file(spec: str, filename: str) -> Path:
     """Download (or find in the Hugging Face cache) ``filename`` of ``hf-hub:<repo>``."""
-    repo = spec[len("hf-hub:"):] if spec.startswith("hf-hub:") else spec
+    repo = spec[len("hf-hub:") :] if spec.startswith("hf-hub:") else spec
     try:
         from huggingface_hub import hf_hub_download
 
         return Path(hf_hub_download(repo, filename))
     except Exception as err:  # offline, no cache, gated repo, ...
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        raise FileNotFoundError(_offline_help(f"{spec}/{filename} is not available"
-                                              f"{' (HF_HUB_OFFLINE is set)' if offline else ''} ({err})")) from err
+        raise FileNotFoundError(
+            _offline_help(f"{spec}/{filename} is not available{' (HF_HUB_OFFLINE is set)' if offline else ''} ({err})")
+        ) from err
 
 
 def resolve_checkpoint_file(spec: str | Path) -> Path:
@@ -223,13 +246,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: refused by torch.load(weights_only=True) - the file holds more than tensors "
-                         f"and plain containers, so it is not loaded ({err})") from err
+        raise ValueError(
+            f"{path}: refused by torch.load(weights_only=True) - the file holds more than tensors "
+            f"and plain containers, so it is not loaded ({err})"
+        ) from err
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
 def base_weight_names(model: nn.Module, prefixes: tuple[str, ...] = ("visual.", "text.")) -> dict[str, nn.Parameter]:
@@ -249,14 +274,19 @@ def load_open_clip_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
     Returns the checkpoint's ``logit_scale`` (log space) or None. Missing or unexpected tower keys raise ValueError.
     """
     targets = base_weight_names(model)
-    source = {k: v for k, v in state_dict.items()
-              if k.startswith(("visual.", "text.")) and not k.endswith(_IGNORED_KEY_SUFFIXES)}
+    source = {
+        k: v
+        for k, v in state_dict.items()
+        if k.startswith(("visual.", "text.")) and not k.endswith(_IGNORED_KEY_SUFFIXES)
+    }
     missing = sorted(set(targets) - set(source))
     unexpected = sorted(set(source) - set(targets))
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the architecture: missing {missing[:8]}"
-                         f"{' ...' if len(missing) > 8 else ''} ({len(missing)}), unexpected {unexpected[:8]}"
-                         f"{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)})")
+        raise ValueError(
+            f"checkpoint does not match the architecture: missing {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''} ({len(missing)}), unexpected {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)})"
+        )
     bad = [(k, tuple(source[k].shape), tuple(p.shape)) for k, p in targets.items() if source[k].shape != p.shape]
     if bad:
         raise ValueError(f"checkpoint shapes differ from the architecture (key, file, model): {bad[:8]}")

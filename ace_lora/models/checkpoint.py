@@ -57,8 +57,11 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[ModelConfig, LossConfi
     """(ModelConfig, LossConfig, raw metadata) of an adapter folder."""
     path = Path(adapter_dir) / ADAPTER_CONFIG
     if not path.is_file():
-        hint = " (an official ACE_LoRA.pt? convert it with `python -m ace_lora import-checkpoint`)" \
-            if Path(adapter_dir).is_file() else ""
+        hint = (
+            " (an official ACE_LoRA.pt? convert it with `python -m ace_lora import-checkpoint`)"
+            if Path(adapter_dir).is_file()
+            else ""
+        )
         raise AdapterError(f"{path}: adapter.json not found{hint}")
     meta = json.loads(path.read_text())
     if meta.get("format") != FORMAT:
@@ -77,8 +80,10 @@ def load_adapter_weights(model: AceLoraModel, adapter_dir: str | Path) -> AceLor
 
     _, _, meta = read_adapter_config(adapter_dir)
     if meta.get("preset") != model.preset.name:
-        raise AdapterError(f"{adapter_dir}: adapter was trained for preset {meta.get('preset')!r}, "
-                           f"the model is preset {model.preset.name!r}")
+        raise AdapterError(
+            f"{adapter_dir}: adapter was trained for preset {meta.get('preset')!r}, "
+            f"the model is preset {model.preset.name!r}"
+        )
     tensors = load_file(str(Path(adapter_dir) / ADAPTER_WEIGHTS))
     load_adapter_state_dict(model, tensors, source=str(adapter_dir))
     return model
@@ -93,8 +98,10 @@ def load_adapter_state_dict(model: AceLoraModel, tensors: dict[str, torch.Tensor
     expected = set(model.adapter_state_dict())
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
-        raise AdapterError(f"{source}: adapter does not fit the model (other LoRA/HGNN settings?): "
-                           f"missing {missing[:6]} ({len(missing)}), unexpected {unexpected[:6]} ({len(unexpected)})")
+        raise AdapterError(
+            f"{source}: adapter does not fit the model (other LoRA/HGNN settings?): "
+            f"missing {missing[:6]} ({len(missing)}), unexpected {unexpected[:6]} ({len(unexpected)})"
+        )
     bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in tensors.items() if v.shape != own[k].shape]
     if bad:
         raise AdapterError(f"{source}: shapes differ (key, adapter, model): {bad[:6]}")
@@ -102,8 +109,13 @@ def load_adapter_state_dict(model: AceLoraModel, tensors: dict[str, torch.Tensor
         own[k].copy_(v.to(own[k].dtype))
 
 
-def load_adapter(adapter_dir: str | Path, device: str | torch.device | None = None, *, tokenizer=None,
-                 model_cfg: ModelConfig | None = None) -> AceLoraModel:
+def load_adapter(
+    adapter_dir: str | Path,
+    device: str | torch.device | None = None,
+    *,
+    tokenizer=None,
+    model_cfg: ModelConfig | None = None,
+) -> AceLoraModel:
     """Rebuild the model from ``adapter.json`` and load the adapter tensors.
 
     ``tokenizer`` / ``model_cfg`` override the stored ones (e.g. a checkpoint folder on another machine); a
@@ -112,8 +124,10 @@ def load_adapter(adapter_dir: str | Path, device: str | torch.device | None = No
     stored_cfg, loss_cfg, meta = read_adapter_config(adapter_dir)
     cfg = model_cfg or stored_cfg
     if cfg.preset != meta.get("preset"):
-        raise AdapterError(f"{adapter_dir}: adapter was trained for preset {meta.get('preset')!r}, "
-                           f"the requested model is preset {cfg.preset!r}")
+        raise AdapterError(
+            f"{adapter_dir}: adapter was trained for preset {meta.get('preset')!r}, "
+            f"the requested model is preset {cfg.preset!r}"
+        )
     model = build_model(cfg, loss_cfg, tokenizer=tokenizer)
     load_adapter_weights(model, adapter_dir)
     if device is not None:
@@ -148,7 +162,7 @@ def official_to_adapter_state_dict(weights: dict, model: AceLoraModel) -> dict[s
     for key, value in flat.items():
         parts = key.split("/")
         if parts[0].startswith("layer_") and len(parts) == 3 and parts[2] in ("w_lora_A", "w_lora_B"):
-            i = int(parts[0][len("layer_"):])
+            i = int(parts[0][len("layer_") :])
             t = parts[1].removesuffix("_proj")
             ab = "lora_A" if parts[2] == "w_lora_A" else "lora_B"
             if i < n_text:
@@ -202,16 +216,23 @@ def read_state_dict_any(path: str | Path):
         raise AdapterError(f"{path}: refused by torch.load(weights_only=True); it is not loaded ({err})") from err
 
 
-def build_from_official_checkpoint(checkpoint: str | Path, model_cfg: ModelConfig | None = None,
-                                   loss_cfg: LossConfig | None = None, *, tokenizer=None) -> AceLoraModel:
+def build_from_official_checkpoint(
+    checkpoint: str | Path, model_cfg: ModelConfig | None = None, loss_cfg: LossConfig | None = None, *, tokenizer=None
+) -> AceLoraModel:
     """The configured model (towers from ``model_cfg.checkpoint``) with an official ``ACE_LoRA.pt`` loaded."""
     model = build_model(model_cfg or ModelConfig(preset="biomedclip"), loss_cfg, tokenizer=tokenizer)
     load_official_checkpoint(model, checkpoint)
     return model
 
 
-def import_official_checkpoint(checkpoint: str | Path, out_dir: str | Path, loss_cfg: LossConfig | None = None, *,
-                               preset: str = "biomedclip", model_cfg: ModelConfig | None = None) -> Path:
+def import_official_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    loss_cfg: LossConfig | None = None,
+    *,
+    preset: str = "biomedclip",
+    model_cfg: ModelConfig | None = None,
+) -> Path:
     """Convert an official ``ACE_LoRA.pt`` into an adapter folder (``adapter.safetensors`` + ``adapter.json``).
 
     The towers are not needed for the conversion, so no base weights are read; the written ``adapter.json`` keeps

@@ -22,8 +22,9 @@ from torch import nn
 _U32 = 2**32
 
 
-def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.bool) -> torch.Tensor:
+def keep_mask(
+    shape: tuple[int, ...], p: float, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bool
+) -> torch.Tensor:
     """Tensor of ``shape``: 1 (True) with probability ``1 - p`` independently per element, else 0 (False)."""
     device = torch.device(device)
     if not 0 <= p <= 1:

@@ -26,8 +26,9 @@ class BottleneckMlp(nn.Module):
         return self.up(self.act(self.down(x)))
 
 
-def hyperedge_incidence(nodes: torch.Tensor, prior: torch.Tensor, topk: int,
-                        node_mask: torch.Tensor | None = None) -> torch.Tensor:
+def hyperedge_incidence(
+    nodes: torch.Tensor, prior: torch.Tensor, topk: int, node_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Incidence H [B,N,N] (row = hyperedge e_i, column = node), docs/method.md#ace-hgnn.
 
     nodes [B,N,D] (x0 = CLS), prior [B,N-1] (CLS-row attention over nodes 1..N-1), node_mask [B,N] bool or None
@@ -36,25 +37,25 @@ def hyperedge_incidence(nodes: torch.Tensor, prior: torch.Tensor, topk: int,
     """
     b, n, _ = nodes.shape
     xn = F.normalize(nodes.float(), dim=-1)
-    scores = xn @ xn.transpose(1, 2)                                        # (B, N, N) cosine, S_ij
-    scores[:, 0, 1:] = prior.float()                                        # S_0j = α_j
+    scores = xn @ xn.transpose(1, 2)  # (B, N, N) cosine, S_ij
+    scores[:, 0, 1:] = prior.float()  # S_0j = α_j
     eye = torch.eye(n, dtype=torch.bool, device=nodes.device)
     excluded = eye.expand(b, n, n).clone()
-    excluded[:, 1:, 0] = True                                               # S_i0 = -inf for i >= 1
+    excluded[:, 1:, 0] = True  # S_i0 = -inf for i >= 1
     if node_mask is not None:
-        excluded |= ~node_mask.bool()[:, None, :]                           # masked nodes are never selected
+        excluded |= ~node_mask.bool()[:, None, :]  # masked nodes are never selected
     scores = scores.masked_fill(excluded, float("-inf"))
     k = min(topk, n - 1)
-    vals, idx = scores.topk(k, dim=-1)                                      # (B, N, k)
+    vals, idx = scores.topk(k, dim=-1)  # (B, N, k)
     kept = torch.isfinite(vals)
     vals = vals.masked_fill(~kept, torch.finfo(vals.dtype).min)
-    weights = vals.softmax(dim=-1) * kept                                   # rows with no candidate stay 0
-    w = torch.zeros_like(scores).scatter(-1, idx, weights)                  # (B, N, N), W_ii = 0
-    h = w + eye.to(w.dtype)                                                 # H_ii = 1, H_ij = W_ij (j >= 1)
-    col0 = torch.cat([h[:, :1, 0], w[:, 0, 1:]], dim=1)                     # H_00 = 1, H_j0 = W_0j
+    weights = vals.softmax(dim=-1) * kept  # rows with no candidate stay 0
+    w = torch.zeros_like(scores).scatter(-1, idx, weights)  # (B, N, N), W_ii = 0
+    h = w + eye.to(w.dtype)  # H_ii = 1, H_ij = W_ij (j >= 1)
+    col0 = torch.cat([h[:, :1, 0], w[:, 0, 1:]], dim=1)  # H_00 = 1, H_j0 = W_0j
     h = torch.cat([col0[:, :, None], h[:, :, 1:]], dim=2)
     if node_mask is not None:
-        h = h * node_mask.to(h.dtype)[:, :, None]                           # masked nodes own no hyperedge
+        h = h * node_mask.to(h.dtype)[:, :, None]  # masked nodes own no hyperedge
     return h
 
 
@@ -70,15 +71,14 @@ class AceHgnn(nn.Module):
         if fusion not in ("replace", "residual"):
             raise ValueError(f"hgnn fusion {fusion!r}: expected 'replace' or 'residual'")
         self.topk, self.fusion = topk, fusion
-        self.edge = BottleneckMlp(dim, hidden)   # φ_edge
-        self.node = BottleneckMlp(dim, hidden)   # φ_node
+        self.edge = BottleneckMlp(dim, hidden)  # φ_edge
+        self.node = BottleneckMlp(dim, hidden)  # φ_node
         self.gamma = nn.Parameter(torch.zeros(())) if fusion == "residual" else None
 
-    def forward(self, nodes: torch.Tensor, prior: torch.Tensor,
-                node_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, nodes: torch.Tensor, prior: torch.Tensor, node_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = hyperedge_incidence(nodes, prior, self.topk, node_mask).to(nodes.dtype)  # (B, N, N)
-        edges = self.edge(h @ nodes)                                  # Ẽ = φ_edge(H·X)        (B, N, D)
-        y0 = self.node(h[:, :, 0:1].transpose(1, 2) @ edges)[:, 0]    # Y0 = φ_node((Hᵀ·Ẽ)_0)  (B, D)
+        edges = self.edge(h @ nodes)  # Ẽ = φ_edge(H·X)        (B, N, D)
+        y0 = self.node(h[:, :, 0:1].transpose(1, 2) @ edges)[:, 0]  # Y0 = φ_node((Hᵀ·Ẽ)_0)  (B, D)
         if self.fusion == "residual":
             y0 = nodes[:, 0] + self.gamma * y0
         return F.normalize(y0, dim=-1)

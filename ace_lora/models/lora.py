@@ -26,8 +26,16 @@ class LoraLinear(nn.Module):
     ``lora_A[name]`` ([r, in]) and ``lora_B[name]`` ([slice, r]).
     """
 
-    def __init__(self, base: nn.Linear, segments: Sequence[tuple[str, int]], targets: Iterable[str], rank: int,
-                 alpha: float, dropout: float, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        base: nn.Linear,
+        segments: Sequence[tuple[str, int]],
+        targets: Iterable[str],
+        rank: int,
+        alpha: float,
+        dropout: float,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if sum(size for _, size in segments) != base.out_features:
             raise ValueError(f"segments {list(segments)} do not add up to out_features={base.out_features}")
@@ -42,10 +50,12 @@ class LoraLinear(nn.Module):
         sizes = dict(self.segments)
         dd = dict(device=base.weight.device, dtype=base.weight.dtype)
         # OrderedDict keeps the segment order (a plain dict would be sorted by ParameterDict)
-        self.lora_A = nn.ParameterDict(OrderedDict(
-            (n, nn.Parameter(torch.empty(rank, base.in_features, **dd))) for n in self.targets))
-        self.lora_B = nn.ParameterDict(OrderedDict(
-            (n, nn.Parameter(torch.zeros(sizes[n], rank, **dd))) for n in self.targets))
+        self.lora_A = nn.ParameterDict(
+            OrderedDict((n, nn.Parameter(torch.empty(rank, base.in_features, **dd))) for n in self.targets)
+        )
+        self.lora_B = nn.ParameterDict(
+            OrderedDict((n, nn.Parameter(torch.zeros(sizes[n], rank, **dd))) for n in self.targets)
+        )
         self.merged = False
         self.reset_lora_parameters(generator)
 
@@ -134,8 +144,10 @@ class LoraLinear(nn.Module):
         self.merged = False
 
     def extra_repr(self) -> str:
-        return (f"targets={self.targets}, rank={self.rank}, scaling={self.scaling:.4g}, dropout={self.dropout}, "
-                f"merged={self.merged}")
+        return (
+            f"targets={self.targets}, rank={self.rank}, scaling={self.scaling:.4g}, dropout={self.dropout}, "
+            f"merged={self.merged}"
+        )
 
 
 def lora_modules(model: nn.Module) -> list[LoraLinear]:
@@ -156,8 +168,16 @@ def _replace_child(parent: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
-def apply_lora_to_vit(trunk: nn.Module, targets: Sequence[str], rank: int, alpha: float, dropout: float,
-                      layers: Sequence[int] | None, generator: torch.Generator, seed: int | None) -> list[int]:
+def apply_lora_to_vit(
+    trunk: nn.Module,
+    targets: Sequence[str],
+    rank: int,
+    alpha: float,
+    dropout: float,
+    layers: Sequence[int] | None,
+    generator: torch.Generator,
+    seed: int | None,
+) -> list[int]:
     """Wrap ``blocks[i].attn.qkv`` (q/k/v slices) and ``blocks[i].attn.proj`` (o) of a timm ViT.
 
     ``seed`` not None reproduces the reference quirk: the generator is reseeded before every layer.
@@ -173,17 +193,31 @@ def apply_lora_to_vit(trunk: nn.Module, targets: Sequence[str], rank: int, alpha
         qkv_targets = [t for t in targets if t in ("q", "k", "v")]
         if qkv_targets:
             d = attn.qkv.out_features // 3
-            _replace_child(attn, "qkv", LoraLinear(attn.qkv, [("q", d), ("k", d), ("v", d)], qkv_targets, rank,
-                                                   alpha, dropout, generator))
+            _replace_child(
+                attn,
+                "qkv",
+                LoraLinear(attn.qkv, [("q", d), ("k", d), ("v", d)], qkv_targets, rank, alpha, dropout, generator),
+            )
         if "o" in targets:
-            _replace_child(attn, "proj", LoraLinear(attn.proj, [("o", attn.proj.out_features)], ["o"], rank,
-                                                    alpha, dropout, generator))
+            _replace_child(
+                attn,
+                "proj",
+                LoraLinear(attn.proj, [("o", attn.proj.out_features)], ["o"], rank, alpha, dropout, generator),
+            )
         done.append(i)
     return done
 
 
-def apply_lora_to_bert(bert: nn.Module, targets: Sequence[str], rank: int, alpha: float, dropout: float,
-                       layers: Sequence[int] | None, generator: torch.Generator, seed: int | None) -> list[int]:
+def apply_lora_to_bert(
+    bert: nn.Module,
+    targets: Sequence[str],
+    rank: int,
+    alpha: float,
+    dropout: float,
+    layers: Sequence[int] | None,
+    generator: torch.Generator,
+    seed: int | None,
+) -> list[int]:
     """Wrap ``encoder.layer[i].attention.self.{query,key,value}`` and ``attention.output.dense`` (o) of a BertModel."""
     names = {"q": "query", "k": "key", "v": "value"}
     done = []
@@ -196,11 +230,15 @@ def apply_lora_to_bert(bert: nn.Module, targets: Sequence[str], rank: int, alpha
         for t in ("q", "k", "v"):
             if t in targets:
                 base = getattr(sa, names[t])
-                _replace_child(sa, names[t], LoraLinear(base, [(t, base.out_features)], [t], rank, alpha, dropout,
-                                                        generator))
+                _replace_child(
+                    sa, names[t], LoraLinear(base, [(t, base.out_features)], [t], rank, alpha, dropout, generator)
+                )
         if "o" in targets:
             out = layer.attention.output
-            _replace_child(out, "dense", LoraLinear(out.dense, [("o", out.dense.out_features)], ["o"], rank, alpha,
-                                                    dropout, generator))
+            _replace_child(
+                out,
+                "dense",
+                LoraLinear(out.dense, [("o", out.dense.out_features)], ["o"], rank, alpha, dropout, generator),
+            )
         done.append(i)
     return done

@@ -58,32 +58,77 @@ class ModelPreset:
 
     def timm_kwargs(self) -> dict:
         """Keyword arguments of ``timm.models.vision_transformer.VisionTransformer``."""
-        return dict(img_size=self.image_size, patch_size=self.patch_size, in_chans=self.in_chans,
-                    embed_dim=self.vision_width, depth=self.vision_layers, num_heads=self.vision_heads,
-                    qkv_bias=True, num_classes=0, global_pool="token")
+        return dict(
+            img_size=self.image_size,
+            patch_size=self.patch_size,
+            in_chans=self.in_chans,
+            embed_dim=self.vision_width,
+            depth=self.vision_layers,
+            num_heads=self.vision_heads,
+            qkv_bias=True,
+            num_classes=0,
+            global_pool="token",
+        )
 
     def bert_kwargs(self) -> dict:
         """Keyword arguments of ``transformers.BertConfig``."""
-        return dict(vocab_size=self.vocab_size, hidden_size=self.text_width, num_hidden_layers=self.text_layers,
-                    num_attention_heads=self.text_heads, intermediate_size=self.text_intermediate,
-                    max_position_embeddings=self.max_position_embeddings, type_vocab_size=2,
-                    hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
-                    hidden_dropout_prob=self.text_dropout, attention_probs_dropout_prob=self.text_dropout)
+        return dict(
+            vocab_size=self.vocab_size,
+            hidden_size=self.text_width,
+            num_hidden_layers=self.text_layers,
+            num_attention_heads=self.text_heads,
+            intermediate_size=self.text_intermediate,
+            max_position_embeddings=self.max_position_embeddings,
+            type_vocab_size=2,
+            hidden_act="gelu",
+            layer_norm_eps=1e-12,
+            pad_token_id=0,
+            hidden_dropout_prob=self.text_dropout,
+            attention_probs_dropout_prob=self.text_dropout,
+        )
 
 
 PRESETS: dict[str, ModelPreset] = {
     # BiomedCLIP: ViT-B/16 at 224 + PubMedBERT-base (context 256), joint space 512, text MLP 768 -> 640 -> 512.
     "biomedclip": ModelPreset(
-        name="biomedclip", image_size=224, patch_size=16, vision_width=768, vision_layers=12, vision_heads=12,
-        vocab_size=30522, text_width=768, text_layers=12, text_heads=12, text_intermediate=3072,
-        max_position_embeddings=512, context_length=256, text_dropout=0.1, embed_dim=512, text_proj_hidden=640,
-        clean_text=True),
+        name="biomedclip",
+        image_size=224,
+        patch_size=16,
+        vision_width=768,
+        vision_layers=12,
+        vision_heads=12,
+        vocab_size=30522,
+        text_width=768,
+        text_layers=12,
+        text_heads=12,
+        text_intermediate=3072,
+        max_position_embeddings=512,
+        context_length=256,
+        text_dropout=0.1,
+        embed_dim=512,
+        text_proj_hidden=640,
+        clean_text=True,
+    ),
     # demo: ViT on 64x64 images, patch 8, depth 2, width 64, 2 heads; BERT 2 layers, hidden 64, 2 heads,
     # context 40. The embedding table holds up to 4096 word-level tokens (the demo vocabulary must fit).
     "tiny": ModelPreset(
-        name="tiny", image_size=64, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
-        vocab_size=4096, text_width=64, text_layers=2, text_heads=2, text_intermediate=256,
-        max_position_embeddings=64, context_length=40, text_dropout=0.0, embed_dim=64, text_proj_hidden=64),
+        name="tiny",
+        image_size=64,
+        patch_size=8,
+        vision_width=64,
+        vision_layers=2,
+        vision_heads=2,
+        vocab_size=4096,
+        text_width=64,
+        text_layers=2,
+        text_heads=2,
+        text_intermediate=256,
+        max_position_embeddings=64,
+        context_length=40,
+        text_dropout=0.0,
+        embed_dim=64,
+        text_proj_hidden=64,
+    ),
 }
 
 

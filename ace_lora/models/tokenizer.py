@@ -37,7 +37,7 @@ def load_tokenizer(source: str | Path):
 
     text = str(source)
     if text.startswith("hf-hub:"):
-        text = text[len("hf-hub:"):]
+        text = text[len("hf-hub:") :]
     path = Path(text)
     if path.is_file():
         vocab = {}
@@ -56,7 +56,8 @@ def load_tokenizer(source: str | Path):
         except OSError as err:
             raise FileNotFoundError(
                 f"tokenizer {source!r}: not a local file or folder, and the hub is unreachable ({err}). "
-                "Put vocab.txt (and optionally tokenizer_config.json) into a folder and pass that folder.") from err
+                "Put vocab.txt (and optionally tokenizer_config.json) into a folder and pass that folder."
+            ) from err
     if tok.pad_token_id != PAD_ID:
         raise ValueError(f"tokenizer {source!r}: [PAD] must have id {PAD_ID} (got {tok.pad_token_id})")
     return tok
@@ -73,8 +74,9 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def tokenize(tokenizer, texts: str | list[str], context_length: int,
-             clean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize(
+    tokenizer, texts: str | list[str], context_length: int, clean: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask, both ``LongTensor[B, context_length]`` (padded / truncated).
 
     ``clean``: apply :func:`clean_text` to every text first (the BiomedCLIP preset does).
@@ -83,8 +85,15 @@ def tokenize(tokenizer, texts: str | list[str], context_length: int,
         texts = [texts]
     if clean:
         texts = [clean_text(t) for t in texts]
-    out = tokenizer(list(texts), padding="max_length", truncation=True, max_length=context_length,
-                    return_tensors="pt", return_token_type_ids=False, return_attention_mask=False)
+    out = tokenizer(
+        list(texts),
+        padding="max_length",
+        truncation=True,
+        max_length=context_length,
+        return_tensors="pt",
+        return_token_type_ids=False,
+        return_attention_mask=False,
+    )
     ids = out["input_ids"].long()
     return ids, (ids != PAD_ID).long()
 
@@ -110,8 +119,17 @@ def write_tokenizer(out_dir: Path, vocab: list[str] | None = None) -> Path:
     ``vocab`` (default: the tiny preset's shipped vocabulary, :data:`TINY_VOCAB_FILE`)."""
     out_dir = Path(out_dir)
     write_vocab(out_dir / "vocab.txt", vocab or TINY_VOCAB_FILE.read_text().splitlines())
-    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True,
-              "strip_accents": None, "model_max_length": 40, "pad_token": "[PAD]", "unk_token": "[UNK]",
-              "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+    config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": True,
+        "tokenize_chinese_chars": True,
+        "strip_accents": None,
+        "model_max_length": 40,
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out_dir
