@@ -57,14 +57,14 @@ def stage_paths(params: Params, method: str | None = None, dataset: str | None =
 
 
 def cmd_fetch(args: argparse.Namespace, params: Params) -> None:
-    from ace_lora.data import fetch_dataset
+    from ace_lora.data.fetch import fetch_dataset
 
     record = fetch_dataset(args.dataset, Path(params.paths.raw), params.data)
     atomic_write_json(stage_paths(params, dataset=args.dataset)["fetched"], record)
 
 
 def cmd_prepare(args: argparse.Namespace, params: Params) -> None:
-    from ace_lora.data import prepare_dataset
+    from ace_lora.data.prepare import prepare_dataset
 
     out = stage_paths(params, dataset=args.dataset)["processed"]
     report = prepare_dataset(args.dataset, Path(params.paths.raw), out, params.data)

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from ace_lora import registry
+
 #: A name that becomes a path component or a shell word: letters, digits, '_' and '-', not starting with '-'.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 #: A ``paths`` entry: a plain relative or absolute path (no spaces, quotes or shell characters).
@@ -333,7 +335,9 @@ class TrainConfig:
     pin_memory: bool = param(True, "Pin host memory when training on CUDA.")
     checkpoint_every: int = param(500, "Write a resumable checkpoint every N steps (and at each epoch end).", minimum=1)
     validate_every: int = param(1, "Validate every N epochs for model selection.", minimum=1)
-    validation: str = param("nih14", "Model-selection data set (never a test benchmark).", choices=("nih14", "mimic"))
+    validation: str = param(
+        "nih14", "Model-selection data set (never a test benchmark).", choices=registry.VALIDATION_DATASETS
+    )
     log_every: int = param(10, "Log metrics every N steps.", minimum=1)
     seed: int = param(1, "Training seed.", minimum=0)
     processes: int | None = param(
@@ -354,11 +358,11 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     datasets: list[str] = param(
-        ["chexpert", "rsna", "siim", "mhist", "lc25000"],
+        list(registry.TEST_DATASETS),
         "Data sets evaluated for every method; each yields its benchmarks (chexpert: CheXpert "
         "5x200; rsna: classification + detection; siim: classification + segmentation; "
         "mhist; lc25000: lung and colon).",
-        items=("chexpert", "rsna", "siim", "mhist", "lc25000"),
+        items=registry.TEST_DATASETS,
     )
     batch_size: int = param(64, "Images per batch.", minimum=1)
     ensemble: str = param(

@@ -555,6 +555,14 @@ DATASETS: MappingProxyType = MappingProxyType(
 )
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
+#: Data sets of the zero-shot test benchmarks: the choices of ``evaluate.datasets``.
+TEST_DATASETS: tuple[str, ...] = tuple(n for n, d in DATASETS.items() if d.role == "test")
+#: Data sets that can select the model (``train.validation``): the validation set first, then the training set's
+#: own validation split.
+VALIDATION_DATASETS: tuple[str, ...] = tuple(
+    n for role in ("validation", "train") for n, d in DATASETS.items() if d.role == role
+)
+
 #: Every benchmark, in the order of its data set and its declaration.
 BENCHMARKS: MappingProxyType = MappingProxyType({b.name: b for d in DATASETS.values() for b in d.benchmarks})
 

@@ -123,6 +123,20 @@ def test_stage_deps_cover_the_import_closure(stage):
 
 
 @pytest.mark.parametrize("stage", STAGES)
+def test_stage_deps_declare_nothing_the_stage_does_not_run(stage):
+    """A module declared but never run would rerun the stage (and, for train, retrain) when it changes."""
+    closure = stage_closure(stage)
+    for dag, declared in (("workflow/rules/common.smk STAGE_CODE", _smk_stage_code()), ("dvc.yaml", _dvc_stage_code())):
+        extra = []
+        for dep in declared[stage]:
+            files = sorted((ROOT / dep).glob("*.py")) if (ROOT / dep).is_dir() else [ROOT / dep]
+            extra += [
+                str(f.relative_to(ROOT)) for f in files if f.suffix == ".py" and f.relative_to(ROOT) not in closure
+            ]
+        assert not extra, f"{dag}: stage {stage} declares {', '.join(extra)} but never imports it"
+
+
+@pytest.mark.parametrize("stage", STAGES)
 def test_declared_code_deps_exist(stage):
     for declared in (_smk_stage_code()[stage], _dvc_stage_code()[stage]):
         absent = [d for d in declared if not (ROOT / d).exists()]

@@ -1,30 +1,40 @@
 """Data sets: fetch (raw layouts), prepare (one processed format), benchmarks and torch Datasets.
 
-``fetch_dataset`` lives in :mod:`ace_lora.data.fetch` and is imported on first use.
+The names below are loaded from their modules on first use (the table holds module names as strings, resolved with
+:func:`importlib.import_module`): importing one submodule, e.g. ``ace_lora.data.benchmarks`` for an evaluation,
+runs this file first, and an ``import`` statement here would make every stage that reads a benchmark depend on the
+fetch and prepare code too (:func:`ace_lora.provenance.import_closure` follows every import statement).
 """
 
 from __future__ import annotations
 
-from ace_lora.data.prepare import prepare_dataset
-from ace_lora.data.readers import BadInputError
-from ace_lora.registry import CHEXPERT_5X200_CLASSES, CHEXPERT_FINDINGS, DATASET_NAMES, NIH_FINDINGS
+import importlib
 
-DATASETS = DATASET_NAMES  # the data set names, in pipeline order
+#: public name -> the module that defines it
+_EXPORTS = {
+    "fetch_dataset": "ace_lora.data.fetch",
+    "prepare_dataset": "ace_lora.data.prepare",
+    "BadInputError": "ace_lora.data.readers",
+    "CHEXPERT_5X200_CLASSES": "ace_lora.registry",
+    "CHEXPERT_FINDINGS": "ace_lora.registry",
+    "NIH_FINDINGS": "ace_lora.registry",
+    "DATASETS": "ace_lora.registry",
+}
 
-__all__ = [
-    "CHEXPERT_5X200_CLASSES",
-    "CHEXPERT_FINDINGS",
-    "DATASETS",
-    "NIH_FINDINGS",
-    "BadInputError",
-    "fetch_dataset",
-    "prepare_dataset",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name == "fetch_dataset":
-        from ace_lora.data.fetch import fetch_dataset
+    """Load a public name from its module on first use (PEP 562) and cache it on the package."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(
+            f"module 'ace_lora.data' has no attribute {name!r}; its public names: {', '.join(__all__)}"
+        )
+    value = getattr(importlib.import_module(module), "DATASET_NAMES" if name == "DATASETS" else name)
+    globals()[name] = value
+    return value
 
-        return fetch_dataset
-    raise AttributeError(f"module 'ace_lora.data' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

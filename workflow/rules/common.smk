@@ -33,16 +33,19 @@ STAGE_PARAMS = {
 # it from the code and fails when a module is missing here or in dvc.yaml, which lists the same files and folders).
 CLI_CODE = ["ace_lora/__init__.py", "ace_lora/__main__.py", "ace_lora/cli.py", "ace_lora/config.py", "ace_lora/io.py",
             "ace_lora/registry.py"]
-DATA_CODE = ["ace_lora/data/__init__.py", "ace_lora/data/collectors.py", "ace_lora/data/fetch.py",
-             "ace_lora/data/prepare.py", "ace_lora/data/readers.py", "ace_lora/demo/__init__.py",
-             "ace_lora/demo/dicom.py", "ace_lora/demo/painters.py", "ace_lora/demo/reports.py",
-             "ace_lora/demo/writers.py", "ace_lora/progress.py", "ace_lora/prompts.py"]
-MODEL_CODE = ["ace_lora/data", "ace_lora/demo", "ace_lora/eval", "ace_lora/models", "ace_lora/assets/tiny_vocab.txt",
-              "ace_lora/distributed.py", "ace_lora/progress.py", "ace_lora/prompts.py"]
+FETCH_CODE = ["ace_lora/data/__init__.py", "ace_lora/data/fetch.py", "ace_lora/data/readers.py",
+              "ace_lora/demo/__init__.py", "ace_lora/demo/dicom.py", "ace_lora/demo/painters.py",
+              "ace_lora/demo/reports.py", "ace_lora/demo/writers.py"]
+PREPARE_CODE = ["ace_lora/data/__init__.py", "ace_lora/data/collectors.py", "ace_lora/data/prepare.py",
+                "ace_lora/data/readers.py", "ace_lora/progress.py"]
+PROMPTS_CODE = ["ace_lora/data/__init__.py", "ace_lora/data/benchmarks.py", "ace_lora/prompts.py"]
+MODEL_CODE = ["ace_lora/data/__init__.py", "ace_lora/data/benchmarks.py", "ace_lora/data/dataset.py", "ace_lora/eval",
+              "ace_lora/models", "ace_lora/assets/tiny_vocab.txt", "ace_lora/distributed.py", "ace_lora/progress.py",
+              "ace_lora/prompts.py"]
 STAGE_CODE = {
-    "fetch": CLI_CODE + DATA_CODE,
-    "prepare": CLI_CODE + DATA_CODE,
-    "prompts": CLI_CODE + DATA_CODE + ["ace_lora/data/benchmarks.py"],
+    "fetch": CLI_CODE + FETCH_CODE,
+    "prepare": CLI_CODE + PREPARE_CODE,
+    "prompts": CLI_CODE + PROMPTS_CODE,
     "train": CLI_CODE + MODEL_CODE + ["ace_lora/losses.py", "ace_lora/provenance.py", "ace_lora/train.py"],
     "evaluate": CLI_CODE + MODEL_CODE + ["ace_lora/plots.py"],  # the stage draws the overlays evaluation returns
     "report": CLI_CODE + ["ace_lora/plots.py", "ace_lora/report.py"],
