@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ace_lora.io import atomic_dir, atomic_write_json, atomic_write_text
+from ace_lora.registry import BENCHMARKS
 
 __all__ = [
     "HEADLINE_METRICS",
@@ -85,7 +86,6 @@ METRIC_LABELS = {
     "balanced_accuracy": "BACC",
 }
 _SUMMARY_SUFFIX = {"accuracy": "acc", "auroc": "auc", "dice": "dice", "map": "map"}
-_GROUNDING_TASKS = {"siim_seg": "segmentation", "rsna_det": "detection"}
 
 
 # ------------------------------------------------------------------------------------------- collecting
@@ -144,6 +144,14 @@ def collect_metrics(metrics_dir: str | Path, methods: Sequence[str], datasets: S
 def _benchmark_rank(name: str) -> tuple[int, str]:
     order = list(HEADLINE_METRICS)
     return (order.index(name) if name in order else len(order), name)
+
+
+#: Segmentation and detection benchmarks (from the registry), one table each, in table order.
+_GROUNDING_TASKS = {
+    b.name: b.task
+    for b in sorted(BENCHMARKS.values(), key=lambda b: _benchmark_rank(b.name))
+    if b.task in ("segmentation", "detection")
+}
 
 
 def _protocol_rank(protocol: str) -> tuple[int, float, str]:
@@ -226,13 +234,13 @@ def _tables(table: pd.DataFrame, methods: Sequence[str]) -> list[dict]:
     ]
     for bench, task in _GROUNDING_TASKS.items():
         protocols = sorted({p for b, p in zip(table["benchmark"], table["protocol"]) if b == bench}, key=_protocol_rank)
-        paper, paper_protocol = PAPER_RESULTS[bench]
+        paper, paper_protocol = PAPER_RESULTS.get(bench, (None, ""))
         tables.append(
             {
                 "title": f"{bench}: {task}, {METRIC_LABELS[HEADLINE_METRICS[bench]]}",
                 "header": ["method"] + [_protocol_label(p) for p in protocols],
                 "rows": [[m] + [_cell(lookup.get((m, bench, p))) for p in protocols] for m in methods],
-                "notes": [f"Paper: {paper:.2f} ({paper_protocol})."]
+                "notes": [f"Paper: {paper:.2f} ({paper_protocol})." if paper is not None else "Paper: not reported."]
                 + ([] if protocols else ["No results: the data set is not in `evaluate.datasets`."]),
             }
         )
