@@ -28,7 +28,7 @@ from ace_lora.data.readers import (
     select_chexpert_5x200,
     siim_image_table,
 )
-from data_support import encode_rle, write_dicom
+from data_support import CHEXPERT_COLUMNS, encode_rle, write_dicom
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -258,27 +258,7 @@ def test_readers_chexpert_real_5x200_deterministic():
 
 
 def test_readers_chexpert_fewer_than_requested_takes_all(tmp_path):
-    cols = [
-        "Path",
-        "Sex",
-        "Age",
-        "Frontal/Lateral",
-        "AP/PA",
-        "No Finding",
-        "Enlarged Cardiomediastinum",
-        "Cardiomegaly",
-        "Lung Opacity",
-        "Lung Lesion",
-        "Edema",
-        "Consolidation",
-        "Pneumonia",
-        "Atelectasis",
-        "Pneumothorax",
-        "Pleural Effusion",
-        "Pleural Other",
-        "Fracture",
-        "Support Devices",
-    ]
+    cols = CHEXPERT_COLUMNS
     rows = [
         ["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "F", 50, "Frontal", "AP"] + [None] * 14,
         ["CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg", "F", 50, "Frontal", "AP"] + [None] * 14,
