@@ -12,6 +12,7 @@ from PIL import Image
 
 from ace_lora.config import DataConfig
 from ace_lora.data import CHEXPERT_FINDINGS
+from ace_lora.registry import CHEXPERT_TABLE_ORDER
 
 # ------------------------------------------------------------------------------------------- raw files
 
@@ -133,27 +134,7 @@ def raw_nih14(root: Path) -> Path:
     return d
 
 
-CHEXPERT_COLUMNS = [
-    "Path",
-    "Sex",
-    "Age",
-    "Frontal/Lateral",
-    "AP/PA",
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-]
+CHEXPERT_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_TABLE_ORDER]
 
 
 def raw_chexpert(root: Path) -> Path:

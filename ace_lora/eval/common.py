@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ace_lora.distributed import autocast
+from ace_lora.registry import Benchmark
 
 __all__ = [
     "EvalModel",
@@ -167,7 +168,7 @@ def image_dataset(manifest: pd.DataFrame, root: Path, transform: Callable[[Any],
     return ImageDataset(manifest, root, transform)
 
 
-def positive_index(spec: Any) -> int:
+def positive_index(spec: Benchmark) -> int:
     """Index of a binary benchmark's positive class: ``spec.positive`` if set, else the last class."""
     positive = getattr(spec, "positive", None)
     return list(spec.classes).index(positive) if positive else len(spec.classes) - 1

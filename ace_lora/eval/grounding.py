@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,6 +57,7 @@ from ace_lora.eval.common import (
     positive_index,
 )
 from ace_lora.progress import progress
+from ace_lora.registry import Benchmark
 
 __all__ = [
     "patch_features",
@@ -557,7 +557,7 @@ def _dataeff_heads(
 
 def evaluate_grounding(
     model: EvalModel,
-    spec: Any,
+    spec: Benchmark,
     manifest: pd.DataFrame,
     root: str | Path,
     prompts: dict[str, list[str]],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +35,7 @@ from ace_lora.eval.common import (
 )
 from ace_lora.eval.grounding import evaluate_grounding
 from ace_lora.progress import progress
+from ace_lora.registry import Benchmark
 
 __all__ = ["embed_images", "evaluate_benchmark", "NEGATIVE_CLASS", "CLASSIFICATION_METRICS"]
 
@@ -91,7 +91,7 @@ def embed_images(
 # ----------------------------------------------------------------------------------------- evaluation
 
 
-def _check_manifest(spec: Any, manifest: pd.DataFrame, root: Path) -> None:
+def _check_manifest(spec: Benchmark, manifest: pd.DataFrame, root: Path) -> None:
     if manifest is None or len(manifest) == 0:
         raise ValueError(
             f"{spec.name}: the evaluated split is empty (no manifest rows for data under {root}); "
@@ -237,7 +237,7 @@ def _evaluate_multilabel(model, spec, manifest, root, prompts, eval_cfg, device,
 
 def evaluate_benchmark(
     model: EvalModel,
-    spec: Any,
+    spec: Benchmark,
     manifest: pd.DataFrame,
     root: str | Path,
     prompts: dict[str, list[str]],
