@@ -12,6 +12,7 @@ here would make every stage depend on the whole package.
 from __future__ import annotations
 
 import importlib
+import sys
 
 #: public name -> the module that defines it
 _EXPORTS = {
@@ -33,18 +34,28 @@ _EXPORTS = {
     "evaluate_benchmark": "ace_lora.eval.zeroshot",
 }
 
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """``(__getattr__, __dir__)`` of a package whose public names are loaded from their modules on first use
+    (PEP 562) and then cached on the package. ``exports``: public name -> ``"module"`` (the same name there) or
+    ``"module:attribute"``."""
+
+    def __getattr__(name: str):
+        target = exports.get(name)
+        if target is None:
+            raise AttributeError(
+                f"module {package!r} has no attribute {name!r}; its public names: {', '.join(sorted(exports))}"
+            )
+        module, _, attribute = target.partition(":")
+        value = getattr(importlib.import_module(module), attribute or name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__
+
+
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    """Load a public verb from its module on first use (PEP 562) and cache it on the package."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ace_lora' has no attribute {name!r}; its public names: {', '.join(__all__)}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

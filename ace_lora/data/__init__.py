@@ -8,9 +8,9 @@ fetch and prepare code too (:func:`ace_lora.provenance.import_closure` follows e
 
 from __future__ import annotations
 
-import importlib
+from ace_lora import lazy_exports
 
-#: public name -> the module that defines it
+#: public name -> the module that defines it (``module:attribute`` where the name differs there)
 _EXPORTS = {
     "fetch_dataset": "ace_lora.data.fetch",
     "prepare_dataset": "ace_lora.data.prepare",
@@ -18,23 +18,8 @@ _EXPORTS = {
     "CHEXPERT_5X200_CLASSES": "ace_lora.registry",
     "CHEXPERT_FINDINGS": "ace_lora.registry",
     "NIH_FINDINGS": "ace_lora.registry",
-    "DATASETS": "ace_lora.registry",
+    "DATASETS": "ace_lora.registry:DATASET_NAMES",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    """Load a public name from its module on first use (PEP 562) and cache it on the package."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(
-            f"module 'ace_lora.data' has no attribute {name!r}; its public names: {', '.join(__all__)}"
-        )
-    value = getattr(importlib.import_module(module), "DATASET_NAMES" if name == "DATASETS" else name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
