@@ -15,13 +15,9 @@ import pandas as pd
 from ace_lora import registry
 from ace_lora.registry import BENCHMARKS, benchmarks_of
 
-#: A benchmark of the registry (the name the evaluation code uses for it).
-BenchmarkSpec = registry.Benchmark
-
 __all__ = [
     "BENCHMARKS",
     "BenchmarkError",
-    "BenchmarkSpec",
     "benchmarks_of",
     "get_benchmark",
     "load_benchmark",
@@ -34,7 +30,7 @@ class BenchmarkError(ValueError):
     """A benchmark that cannot be loaded; the message says why and what to run."""
 
 
-def get_benchmark(name: str) -> BenchmarkSpec:
+def get_benchmark(name: str) -> registry.Benchmark:
     """The registry's benchmark ``name``; :class:`BenchmarkError` lists the known ones."""
     try:
         return registry.get_benchmark(name)
@@ -57,7 +53,7 @@ def read_manifest(dataset: str, processed_root: str | Path) -> pd.DataFrame:
 
 def load_benchmark(
     name: str, processed_root: str | Path, split: str | None = None
-) -> tuple[BenchmarkSpec, pd.DataFrame]:
+) -> tuple[registry.Benchmark, pd.DataFrame]:
     """(spec, manifest rows of the benchmark's split) — ``split`` overrides the spec's (e.g. ``train`` for
     the data-efficient segmentation/detection heads). The index is reset; ``image`` paths are relative to
     ``spec.root(processed_root)``."""

@@ -248,9 +248,9 @@ def evaluate_benchmark(
 ) -> Evaluation:
     """Evaluate ``model`` on one benchmark; returns ``(metrics, tables, overlays)`` (:class:`Evaluation`).
 
-    ``spec``: a ``BenchmarkSpec`` (``name``, ``task``, ``classes``); ``manifest``: its evaluated rows (image paths
-    relative to ``root``); ``prompts``: class name -> prompt texts (``source`` names the prompts file in errors);
-    ``eval_cfg``: :class:`ace_lora.config.EvaluateConfig`.
+    ``spec``: a registry :class:`~ace_lora.registry.Benchmark` (``name``, ``task``, ``classes``); ``manifest``: its
+    evaluated rows (image paths relative to ``root``); ``prompts``: class name -> prompt texts (``source`` names the
+    prompts file in errors); ``eval_cfg``: :class:`ace_lora.config.EvaluateConfig`.
 
     * ``multiclass`` / ``binary``: keys ``zeroshot/<benchmark>/{accuracy,balanced_accuracy,auroc,f1}`` each with
       ``_ci_low`` / ``_ci_high`` (95 % percentile bootstrap over images; omitted when ``eval_cfg.bootstrap == 0``),
